@@ -1,0 +1,252 @@
+"""`TaskQueue`: enqueue registered tasks, read their status and results, cancel them.
+
+Reads come from Redis while the execution is fresh and from SQL after Redis has
+expired it, so a status is answerable for as long as the history is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import redis.asyncio as aioredis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentsched.errors import (
+    ExecutionCancelled,
+    ExecutionFailed,
+    InvalidInput,
+    NotFound,
+    ResultTimeout,
+)
+from agentsched.records import Execution
+from agentsched.registry import get_task, import_task_modules
+from agentsched.runtime import Runtime
+from agentsched.serialization import check_json
+from agentsched.settings import Settings, get_settings
+from agentsched.status import TaskStatus
+from agentsched.tracking import Tracker
+
+# arq's default: a job key lives one day past its due time.
+JOB_TTL_EXTRA_MS = 86_400_000
+MAX_DELAY_S = 366 * 86_400
+_SCHEDULED_NS = uuid.UUID("6f1c9a1e-6a53-4c0f-9f43-0b8c1c6f6b1d")
+
+
+def scheduled_execution_id(task_id: str, fire_time: dt.datetime) -> str:
+    """The deterministic execution id of one fire time of one schedule."""
+    return str(uuid.uuid5(_SCHEDULED_NS, f"{task_id}:{int(fire_time.timestamp() * 1000)}"))
+
+
+def parse_execution_id(value: str) -> str | None:
+    """The canonical form of an execution id, or None when it is not a uuid."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def _delay_seconds(delay: float | dt.timedelta | None, eta: dt.datetime | None) -> float:
+    if delay is not None and eta is not None:
+        raise InvalidInput("delay", "give either delay or eta, not both")
+    if eta is not None:
+        if not isinstance(eta, dt.datetime) or eta.tzinfo is None:
+            raise InvalidInput("eta", "must be a timezone-aware datetime")
+        seconds = (eta - dt.datetime.now(dt.UTC)).total_seconds()
+        return max(seconds, 0.0)
+    if delay is None:
+        return 0.0
+    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not math.isfinite(
+        seconds
+    ):
+        raise InvalidInput("delay", "must be a number of seconds")
+    if seconds < 0 or seconds > MAX_DELAY_S:
+        raise InvalidInput("delay", f"must be between 0 and {MAX_DELAY_S} seconds")
+    return float(seconds)
+
+
+def _validate_payload(
+    args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None, metadata: Mapping[str, Any] | None
+) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    if args is not None and (isinstance(args, str | bytes) or not isinstance(args, Sequence)):
+        raise InvalidInput("args", "must be a list")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise InvalidInput("kwargs", "must be an object")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidInput("metadata", "must be an object")
+    a, k, m = list(args or []), dict(kwargs or {}), dict(metadata or {})
+    if not all(isinstance(key, str) for key in k):
+        raise InvalidInput("kwargs", "keys must be strings")
+    check_json("args", a)
+    check_json("kwargs", k)
+    check_json("metadata", m)
+    return a, k, m
+
+
+class TaskQueue:
+    """Client of one app's queue: enqueue, status, result, cancel.
+
+    `async with TaskQueue() as queue:` opens Redis and the database from the settings
+    (or borrows `redis` / `engine` / `runtime` passed in) and imports
+    `AGENTSCHED_TASK_MODULES` so it knows which task names exist.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        app: str | None = None,
+        redis: aioredis.Redis | None = None,
+        engine: AsyncEngine | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
+        self.settings = settings or (runtime.settings if runtime else get_settings())
+        self.app = app or self.settings.app
+        self._runtime = runtime or Runtime(self.settings, redis=redis, engine=engine)
+        self._own_runtime = runtime is None
+        self._tracker: Tracker | None = None
+
+    async def __aenter__(self) -> Self:
+        import_task_modules(self.settings.task_modules)
+        if self._own_runtime:
+            await self._runtime.open()
+        self._tracker = self._runtime.tracker(self.app)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._own_runtime:
+            await self._runtime.close()
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = self._runtime.tracker(self.app)
+        return self._tracker
+
+    async def enqueue(
+        self,
+        function: str | Callable[..., Any],
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        delay: float | dt.timedelta | None = None,
+        eta: dt.datetime | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        task_id: str | None = None,
+        scheduled_for: dt.datetime | None = None,
+    ) -> Execution:
+        """Queue a registered task; returns its `Execution` (status `queued`).
+
+        With an `idempotency_key`, a second enqueue with the same key (while the first
+        execution is known to Redis) returns the first execution and queues nothing.
+        """
+        definition = get_task(function)
+        a, k, m = _validate_payload(args, kwargs, metadata)
+        seconds = _delay_seconds(delay, eta)
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
+        ):
+            raise InvalidInput("idempotency_key", "must be a string of 1 to 200 characters")
+        now = time.time()
+        execution = Execution(
+            id=scheduled_execution_id(task_id, scheduled_for)
+            if task_id and scheduled_for
+            else str(uuid.uuid4()),
+            app=self.app,
+            function=definition.name,
+            status=TaskStatus.QUEUED,
+            max_tries=definition.max_tries,
+            args=a,
+            kwargs=k,
+            metadata=m,
+            task_id=task_id,
+            scheduled_for=scheduled_for,
+            enqueued_at=dt.datetime.fromtimestamp(now, dt.UTC),
+        )
+        score = int((now + seconds) * 1000)
+        created, ident = await self.tracker.enqueue(
+            execution,
+            score_ms=score,
+            job_ttl_ms=int(seconds * 1000) + JOB_TTL_EXTRA_MS,
+            idempotency_key=idempotency_key,
+        )
+        if created:
+            return execution
+        return await self.get_execution(ident)
+
+    async def get_execution(self, execution_id: str) -> Execution:
+        """The execution record (Redis while fresh, SQL after); `NotFound` if unknown."""
+        ident = parse_execution_id(execution_id)
+        if ident is None:
+            raise NotFound("execution", execution_id)
+        found = await self.tracker.get(ident)
+        if found is not None and found.app == self.app:
+            return found
+        stored = await self._runtime.executions.get(self.app, ident)
+        if stored is None:
+            raise NotFound("execution", execution_id)
+        return stored
+
+    async def get_status(self, execution_id: str) -> TaskStatus:
+        return (await self.get_execution(execution_id)).status
+
+    async def get_result(self, execution_id: str, timeout: float | None = None) -> Any:
+        """Wait for the execution to end and return its result.
+
+        Raises `ExecutionFailed` / `ExecutionCancelled` if it did not succeed and
+        `ResultTimeout` if it is still going after `timeout` seconds (None = forever).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.002
+        while True:
+            execution = await self.get_execution(execution_id)
+            if execution.status is TaskStatus.SUCCESS:
+                return execution.result
+            if execution.status is TaskStatus.FAILED:
+                raise ExecutionFailed(execution.id, execution.status.value, execution.error)
+            if execution.status is TaskStatus.CANCELLED:
+                raise ExecutionCancelled(execution.id, execution.status.value, execution.error)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(f"execution {execution_id} still {execution.status.value}")
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 0.1)
+
+    async def cancel(self, execution_id: str, *, wait: float = 5.0) -> bool:
+        """Cancel a queued, deferred or running execution; True if it ends `cancelled`.
+
+        A queued job is removed at once. A running one has its coroutine cancelled by
+        its worker (within a poll interval); if no worker confirms within `wait`
+        seconds the record is marked cancelled anyway and the job is never retried.
+        Returns False when it had already finished. `NotFound` if unknown.
+        """
+        execution = await self.get_execution(execution_id)
+        if execution.is_terminal:
+            return False
+        outcome = await self.tracker.cancel(execution.id)
+        if outcome == "cancelling":
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+                current = await self.tracker.get(execution.id)
+                if current is None or current.is_terminal:
+                    return current is not None and current.status is TaskStatus.CANCELLED
+            outcome = await self.tracker.cancel(execution.id, force=True)
+        return outcome == "cancelled"
+
+    async def list_executions(self, **filters: Any) -> tuple[list[Execution], int]:
+        """A page of this app's history from SQL; see `ExecutionStore.list` for filters."""
+        return await self._runtime.executions.list(self.app, **filters)

@@ -1,0 +1,129 @@
+"""Write-behind of execution snapshots from Redis to SQL, in batches.
+
+The status scripts append every snapshot to the `records` stream; each worker (and
+each API process) runs a `Recorder` in the consumer group `recorder`, so snapshots
+are written to `task_executions` in bulk upserts and acknowledged only once committed.
+A recorder that dies leaves its entries pending; another one claims them after
+`claim_idle` seconds, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from agentsched.db.executions import ExecutionStore
+from agentsched.records import from_redis, to_row
+
+log = logging.getLogger("agentsched.recorder")
+GROUP = "recorder"
+
+
+class Recorder:
+    """Consumes the `records` stream and upserts snapshots into SQL in batches."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        store: ExecutionStore,
+        stream: str,
+        *,
+        batch: int = 500,
+        block_ms: int = 20,
+        claim_idle: float = 30.0,
+    ) -> None:
+        self.redis = redis
+        self.store = store
+        self.stream = stream
+        self.batch = batch
+        self.block_ms = block_ms
+        self.claim_idle_ms = int(claim_idle * 1000)
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _write(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        rows: list[dict[str, Any]] = []
+        for _entry_id, fields in entries:
+            try:
+                rows.append(to_row(from_redis(fields)))
+            except (KeyError, ValueError) as exc:
+                log.warning("dropping malformed execution snapshot: %s", exc)
+        if rows:
+            await self.store.upsert_many(rows)
+        ids = [entry_id for entry_id, _ in entries]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(self.stream, GROUP, *ids)
+            pipe.xdel(self.stream, *ids)
+            await pipe.execute()
+
+    async def step(self, block_ms: int | None = None) -> int:
+        """Read one batch (new entries, then stale ones) and write it; returns its size."""
+        response = await self.redis.xreadgroup(
+            GROUP, self.consumer, {self.stream: ">"}, count=self.batch,
+            block=self.block_ms if block_ms is None else block_ms,
+        )  # fmt: skip
+        entries = response[0][1] if response else []
+        if not entries:
+            claimed = await self.redis.xautoclaim(
+                self.stream, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+            )
+            entries = [e for e in claimed[1] if e[1]]
+        if entries:
+            await self._write(entries)
+        return len(entries)
+
+    async def run(self) -> None:
+        await self._ensure_group()
+        while not self._stopping:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    await self._ensure_group()
+                    continue
+                log.error("recorder: %s", exc)
+                await asyncio.sleep(1)
+            except (RedisConnectionError, OSError) as exc:
+                log.error("recorder: Redis unavailable: %s", exc)
+                await asyncio.sleep(1)
+            except Exception as exc:  # a database outage must not stop the loop
+                log.error("recorder: cannot write executions: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(1)
+
+    async def drain(self) -> None:
+        """Write everything already in the stream (used on shutdown and in tests)."""
+        await self._ensure_group()
+        while await self.step(block_ms=None) > 0:
+            pass
+
+    def start(self) -> None:
+        self._stopping = False
+        self._task = asyncio.create_task(self.run(), name="agentsched-recorder")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.drain(), timeout=5)

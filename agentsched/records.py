@@ -1,0 +1,144 @@
+"""`Execution`: one run of a task, as the queue, the worker, SQL and the API see it.
+
+Converts between the three shapes an execution takes: the Redis hash (hot path),
+the `task_executions` row (history) and the in-process dataclass.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agentsched.serialization import from_ms, loads
+from agentsched.status import ErrorKind, TaskStatus
+
+
+@dataclass(slots=True)
+class Execution:
+    """One execution of a task: its status, attempt, result or error, and times."""
+
+    id: str
+    app: str
+    function: str
+    status: TaskStatus
+    attempt: int = 1
+    max_tries: int = 1
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    error: str | None = None
+    error_kind: ErrorKind | None = None
+    task_id: str | None = None
+    scheduled_for: dt.datetime | None = None
+    enqueued_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _s(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _json(value: str | None, default: Any) -> Any:
+    if value is None or value == "":
+        return default
+    try:
+        return loads(value)
+    except ValueError:
+        return default
+
+
+def _int_ms(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+def snapshot_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
+    """Decode a Redis hash or stream entry (bytes keys and values) to `str -> str`."""
+    return {str(_s(k)): str(_s(v)) for k, v in raw.items()}
+
+
+def from_redis(raw: Mapping[Any, Any]) -> Execution:
+    """An `Execution` from its Redis hash (timestamps are stored as epoch ms)."""
+    h = snapshot_fields(raw)
+    kind = h.get("error_kind")
+    return Execution(
+        id=h["id"],
+        app=h.get("app", ""),
+        function=h.get("function", "<unknown>"),
+        status=TaskStatus(h.get("status", "queued")),
+        attempt=int(h.get("attempt", "1")),
+        max_tries=int(h.get("max_tries", "1")),
+        args=_json(h.get("args"), []),
+        kwargs=_json(h.get("kwargs"), {}),
+        result=_json(h.get("result"), None),
+        error=h.get("error") or None,
+        error_kind=ErrorKind(kind) if kind else None,
+        task_id=h.get("task_id") or None,
+        scheduled_for=from_ms(_int_ms(h.get("scheduled_for"))),
+        enqueued_at=from_ms(_int_ms(h.get("enqueued_at"))),
+        started_at=from_ms(_int_ms(h.get("started_at"))),
+        finished_at=from_ms(_int_ms(h.get("finished_at"))),
+        metadata=_json(h.get("metadata"), {}),
+        seq=int(h.get("seq", "0")),
+    )
+
+
+def to_row(execution: Execution) -> dict[str, Any]:
+    """The `task_executions` column values of an execution."""
+    return {
+        "id": execution.id,
+        "task_id": execution.task_id,
+        "app": execution.app,
+        "function": execution.function,
+        "status": execution.status.value,
+        "args": execution.args,
+        "kwargs": execution.kwargs,
+        "result": execution.result,
+        "error": execution.error,
+        "error_kind": execution.error_kind.value if execution.error_kind else None,
+        "attempt": execution.attempt,
+        "max_tries": execution.max_tries,
+        "scheduled_for": execution.scheduled_for,
+        "enqueued_at": execution.enqueued_at,
+        "started_at": execution.started_at,
+        "finished_at": execution.finished_at,
+        "meta": execution.metadata,
+        "seq": execution.seq,
+    }
+
+
+def from_row(row: Any) -> Execution:
+    """An `Execution` from a `TaskExecution` ORM row."""
+    return Execution(
+        id=row.id,
+        app=row.app,
+        function=row.function,
+        status=TaskStatus(row.status),
+        attempt=row.attempt,
+        max_tries=row.max_tries,
+        args=row.args or [],
+        kwargs=row.kwargs or {},
+        result=row.result,
+        error=row.error,
+        error_kind=ErrorKind(row.error_kind) if row.error_kind else None,
+        task_id=row.task_id,
+        scheduled_for=row.scheduled_for,
+        enqueued_at=row.enqueued_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        metadata=row.meta or {},
+        seq=row.seq,
+    )

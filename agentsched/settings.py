@@ -1,0 +1,128 @@
+"""Settings from `AGENTSCHED_*` environment variables (pydantic-settings).
+
+Nothing here runs at import: `get_settings()` reads and validates the environment on
+first use and caches the result; a bad value raises `ConfigError` with one line that
+names the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from agentsched.errors import ConfigError
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+ENV_PREFIX = "AGENTSCHED_"
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of agentsched; each field is `AGENTSCHED_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    redis_url: str = "redis://localhost:6379/0"
+    database_url: str = "sqlite+aiosqlite:///./agentsched.db"
+    app: str = "default"
+    task_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    tasks_file: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_key: SecretStr | None = None
+
+    # Redis key prefix of everything agentsched owns (arq's own keys keep arq's names).
+    redis_prefix: str = "agentsched:"
+    # Worker: how often arq polls its queue; pickup latency follows it.
+    poll_delay: float = Field(default=0.002, gt=0, le=5)
+    max_jobs: int = Field(default=10, ge=1, le=10_000)
+    job_timeout: float = Field(default=300, gt=0)
+    # A running job whose worker stopped renewing its lease this long ago is recovered.
+    lease_seconds: float = Field(default=5.0, ge=1, le=600)
+    # How long Redis keeps status and results after an execution ends (SQL keeps them forever).
+    keep_result: float = Field(default=86_400, ge=1)
+    # Write-behind recorder: most rows per SQL statement.
+    record_batch: int = Field(default=500, ge=1, le=10_000)
+    # Event bus.
+    event_maxlen: int = Field(default=100_000, ge=100)
+    event_max_payload: int = Field(default=1_048_576, ge=1_024)
+    max_body_bytes: int = Field(default=1_048_576, ge=1_024)
+    # Scheduler loop in every worker.
+    scheduler_enabled: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("task_modules", "tasks_file", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("app")
+    @classmethod
+    def _app_name(cls, value: str) -> str:
+        if not NAME_RE.match(value):
+            raise ValueError("must match [a-z0-9][a-z0-9._-]{0,127}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme == "postgresql":
+            return "postgresql+asyncpg" + value[len(scheme) :]
+        if scheme == "sqlite":
+            return "sqlite+aiosqlite" + value[len(scheme) :]
+        if scheme not in {"postgresql+asyncpg", "sqlite+aiosqlite"}:
+            raise ValueError("must be a postgresql+asyncpg:// or sqlite+aiosqlite:// URL")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the environment (plus overrides); one-line `ConfigError` if bad."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {err['msg']}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once on first use."""
+    return load_settings()
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password replaced by `***`, for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

@@ -1,0 +1,323 @@
+"""The arq worker: `arq agentsched.WorkerSettings`, built from the settings on demand.
+
+arq runs the jobs; agentsched wraps each registered task in `JobRunner.wrap`, which
+records start and end through `Tracker`, enforces the task's own timeout, retries
+with backoff via arq's `Retry`, and honours cancellation. Jobs arq ends without
+calling a task (unknown function, undecodable payload, expired, aborted before
+start) reach us through the result serializer hook and are recorded too.
+Beside arq's poll loop each worker runs: lease renewal, recovery of jobs whose worker
+died (`Tracker.reap`), the SQL recorder and the scheduler loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from arq.connections import RedisSettings
+from arq.jobs import DeserializationError, SerializationError
+from arq.worker import JobExecutionFailed, Retry, func
+
+from agentsched.errors import AgentschedError, ConfigError
+from agentsched.recorder import Recorder
+from agentsched.registry import TaskDef, import_task_modules, registered
+from agentsched.runtime import Runtime
+from agentsched.serialization import dumps, loads
+from agentsched.settings import Settings, get_settings
+from agentsched.status import ErrorKind
+from agentsched.tracking import Tracker
+
+log = logging.getLogger("agentsched.worker")
+# Slack arq gives a job beyond its tries, so a run interrupted by a shutdown is re-run.
+INTERRUPT_SLACK = 3
+# arq's own timeout is a backstop behind the task timeout agentsched enforces itself.
+TIMEOUT_MARGIN = 5.0
+
+
+def format_error(exc: BaseException, limit: int = 5) -> str:
+    """One line naming the exception, then a short traceback (last `limit` frames)."""
+    head = f"{type(exc).__name__}: {exc}"
+    frames = "".join(traceback.format_tb(exc.__traceback__, limit=-limit)).rstrip()
+    return (head + ("\n" + frames if frames else ""))[:4000]
+
+
+class JobRunner:
+    """Per-process state of a worker: its id, running jobs and background loops."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.runtime: Runtime | None = None
+        self.tracker: Tracker | None = None
+        self.running: set[str] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._recorder: Recorder | None = None
+        self._scheduler: Any = None
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def startup(self, ctx: dict[str, Any]) -> None:
+        if self.settings.log_level != "DEBUG":
+            # arq logs every job start and end; at thousands of jobs per second that
+            # costs more than the job. agentsched logs failures and retries itself.
+            logging.getLogger("arq.worker").setLevel(logging.WARNING)
+        self.runtime = await Runtime(self.settings).open()
+        self.tracker = self.runtime.tracker()
+        self._recorder = Recorder(
+            self.runtime.redis, self.runtime.executions, self.tracker.keys.records,
+            batch=self.settings.record_batch,
+        )  # fmt: skip
+        self._recorder.start()
+        self._loops.append(asyncio.create_task(self._maintain(), name="agentsched-lease"))
+        if self.settings.scheduler_enabled:
+            self._scheduler = await _start_scheduler(self.runtime)
+        log.info(
+            "agentsched worker %s for app %s: %d task(s) on queue %s",
+            self.worker_id, self.settings.app, len(registered()), self.tracker.keys.queue,
+        )  # fmt: skip
+        ctx["agentsched"] = self
+
+    async def shutdown(self, ctx: dict[str, Any]) -> None:
+        if self._scheduler is not None:
+            await self._scheduler.stop()
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self.tracker is not None:
+            with contextlib.suppress(Exception):
+                await self.tracker.redis.zrem(self.tracker.keys.workers, self.worker_id)
+        if self._recorder is not None:
+            await self._recorder.stop()
+        if self.runtime is not None:
+            await self.runtime.close()
+
+    async def _maintain(self) -> None:
+        """Renew leases of running jobs and recover jobs whose worker died."""
+        assert self.tracker is not None
+        period = self.settings.lease_seconds / 3
+        while True:
+            try:
+                await self.tracker.renew(list(self.running), self.worker_id)
+                recovered = await self.tracker.reap()
+                if recovered:
+                    log.warning("recovered %d job(s) from a lost worker: %s", len(recovered),
+                                ", ".join(recovered))  # fmt: skip
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("lease renewal failed: %s", exc)
+            await asyncio.sleep(period)
+
+    # --- running a job ---------------------------------------------------------------
+    def wrap(self, definition: TaskDef) -> Callable[..., Awaitable[Any]]:
+        async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            return await self._run(definition, ctx, args, kwargs)
+
+        run.__qualname__ = definition.name
+        return run
+
+    async def _run(
+        self, definition: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        assert self.tracker is not None
+        job_id: str = ctx["job_id"]
+        attempt: int = ctx["job_try"]
+        status = await self.tracker.start(
+            job_id, worker=self.worker_id, attempt=attempt, function=definition.name,
+            args=list(args), kwargs=kwargs, enqueued_ms=int(ctx["enqueue_time"].timestamp() * 1000),
+            max_tries=definition.max_tries,
+        )  # fmt: skip
+        if status != "running":
+            return None  # cancelled (or already finished) before it started
+        self.running.add(job_id)
+        timeout = definition.timeout or self.settings.job_timeout
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                if definition.is_async:
+                    result = await definition.func(*args, **kwargs)
+                else:
+                    result = await asyncio.to_thread(definition.func, *args, **kwargs)
+            dumps(result)
+        except asyncio.CancelledError:
+            await self._interrupted(job_id, attempt)
+            raise
+        except TimeoutError as exc:
+            if deadline.expired():
+                return await self._failed(definition, job_id, attempt, ErrorKind.TIMEOUT,
+                                          f"TimeoutError: exceeded the task timeout of {timeout}s")  # fmt: skip
+            return await self._failed(definition, job_id, attempt, ErrorKind.EXCEPTION,
+                                      format_error(exc))  # fmt: skip
+        except Exception as exc:
+            return await self._failed(
+                definition, job_id, attempt, ErrorKind.EXCEPTION, format_error(exc)
+            )
+        finally:
+            self.running.discard(job_id)
+        await self.tracker.finish(job_id, "success", result=result)
+        return None
+
+    async def _failed(
+        self, definition: TaskDef, job_id: str, attempt: int, kind: ErrorKind, error: str
+    ) -> None:
+        assert self.tracker is not None
+        if attempt < definition.max_tries:
+            delay = definition.backoff(attempt)
+            log.info("%s %s attempt %d failed (%s), retrying in %.1fs: %s", definition.name,
+                     job_id, attempt, kind.value, delay, error.splitlines()[0])  # fmt: skip
+            outcome = await self.tracker.finish(
+                job_id, "queued", error=error, error_kind=kind.value, next_attempt=attempt + 1
+            )
+            if outcome == "queued":
+                raise Retry(defer=delay)
+            return None
+        log.warning("%s %s failed (%s) after %d attempt(s): %s", definition.name, job_id,
+                    kind.value, attempt, error.splitlines()[0])  # fmt: skip
+        await self.tracker.finish(job_id, "failed", error=error, error_kind=kind.value)
+        return None
+
+    async def _interrupted(self, job_id: str, attempt: int) -> None:
+        """The coroutine was cancelled: by a user's cancel, or by a worker shutdown."""
+        assert self.tracker is not None
+        tracker = self.tracker
+        requested = await tracker.redis.hget(tracker.keys.execution(job_id), "cancel_requested")  # type: ignore[misc]
+        if requested == b"1":
+            await asyncio.shield(tracker.finish(job_id, "cancelled", error="", error_kind=""))
+        else:
+            # arq re-runs a job cancelled by a shutdown; record it as queued again.
+            await asyncio.shield(tracker.finish(job_id, "queued", error="WorkerShutdown",
+                                                error_kind=ErrorKind.WORKER_LOST.value,
+                                                next_attempt=attempt + 1))  # fmt: skip
+
+    # --- arq's own endings, seen through the serializer --------------------------------
+    def serialize(self, data: dict[str, Any]) -> bytes:
+        if data.get("s") is False and "id" in data and self.tracker is not None:
+            task = asyncio.get_running_loop().create_task(self._record_arq_failure(data))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        return dumps(data)
+
+    async def _record_arq_failure(self, data: dict[str, Any]) -> None:
+        assert self.tracker is not None
+        exc = data.get("r")
+        status, kind = "failed", ErrorKind.EXCEPTION
+        message = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, asyncio.CancelledError):
+            status, kind, message = "cancelled", ErrorKind.EXCEPTION, ""
+        elif isinstance(exc, DeserializationError | SerializationError):
+            kind = ErrorKind.DESERIALIZATION
+            message = "DeserializationError: the job payload is not agentsched JSON"
+        elif isinstance(exc, JobExecutionFailed):
+            text = str(exc)
+            if "expired" in text:
+                kind = ErrorKind.EXPIRED
+            elif "not found" in text:
+                kind, message = ErrorKind.UNKNOWN_FUNCTION, f"UnknownFunction: {data.get('f')!r} is not a registered task"
+            elif "retries" in text:
+                kind = ErrorKind.WORKER_LOST
+        function = data.get("f") if isinstance(data.get("f"), str) else "<unknown>"
+        log.warning("job %s (%s) ended by the worker: %s", data["id"], function, kind.value)
+        try:
+            await self.tracker.fail_outside(
+                str(data["id"]), status, error=message, error_kind=kind.value,
+                function=str(function), args=data.get("a") or (), kwargs=data.get("k") or {},
+                enqueued_ms=int(data.get("et") or 0), attempt=int(data.get("t") or 1),
+            )  # fmt: skip
+        except Exception as exc2:
+            log.error("cannot record the end of job %s: %s", data["id"], exc2)
+
+    @staticmethod
+    def deserialize(payload: bytes) -> dict[str, Any]:
+        """JSON only: a pickle (or anything else) is rejected without being executed."""
+        data = loads(payload)
+        if not isinstance(data, dict):
+            raise ValueError("job payload must be a JSON object")
+        return data
+
+
+async def _start_scheduler(runtime: Runtime) -> Any:
+    try:
+        from agentsched.scheduler import SchedulerService
+    except ImportError:  # scheduling not installed in this build
+        return None
+    service = SchedulerService(runtime)
+    await service.start()
+    return service
+
+
+def build_worker_settings(settings: Settings | None = None) -> type:
+    """A fresh arq settings class for this process's settings and registered tasks."""
+    settings = settings or get_settings()
+    import_task_modules(settings.task_modules)
+    tasks = registered()
+    if not tasks:
+        raise ConfigError("AGENTSCHED_TASK_MODULES: no @task functions registered")
+    runner = JobRunner(settings)
+    functions = [
+        func(
+            runner.wrap(d),
+            name=d.name,
+            timeout=(d.timeout or settings.job_timeout) + TIMEOUT_MARGIN,
+            max_tries=d.max_tries + INTERRUPT_SLACK,
+        )
+        for d in tasks.values()
+    ]
+    attrs = {
+        "functions": functions,
+        "queue_name": runner_queue(settings),
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "on_startup": runner.startup,
+        "on_shutdown": runner.shutdown,
+        "poll_delay": settings.poll_delay,
+        "max_jobs": settings.max_jobs,
+        "job_timeout": settings.job_timeout + TIMEOUT_MARGIN,
+        "keep_result": 0,
+        "allow_abort_jobs": True,
+        "job_serializer": runner.serialize,
+        "job_deserializer": runner.deserialize,
+        "health_check_interval": 10,
+        "health_check_key": f"{settings.redis_prefix}health:{settings.app}",
+        "job_completion_wait": 10,
+        "runner": runner,
+    }
+    return type("WorkerSettings", (), attrs)
+
+
+def runner_queue(settings: Settings) -> str:
+    return f"{settings.redis_prefix}queue:{settings.app}"
+
+
+async def _check_services(settings: Settings) -> None:
+    async with Runtime(settings):
+        pass
+
+
+def worker_settings_for_cli() -> type:
+    """What `arq agentsched.WorkerSettings` gets: settings checked, services reachable.
+
+    A configuration or connection problem ends the process with one line, not a traceback.
+    """
+    try:
+        settings = get_settings()
+        logging.getLogger("agentsched").setLevel(settings.log_level)
+        built = build_worker_settings(settings)
+        asyncio.run(_check_services(settings))
+    except AgentschedError as exc:
+        print(f"agentsched: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return built

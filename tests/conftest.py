@@ -1,0 +1,123 @@
+"""Shared fixtures: real Redis (own DB and key prefix per test) and real PostgreSQL.
+
+Isolation: every test gets a fresh Redis key prefix and a fresh app name, so rows and
+keys of different tests never meet; the PostgreSQL database is private to the session.
+Nothing is ever flushed: a test deletes only the keys under its own prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from arq.worker import Worker, create_worker
+
+from agentsched.settings import Settings, load_settings
+
+REDIS_URL = os.environ.get("AGENTSCHED_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+PG_ADMIN_DSN = os.environ.get("AGENTSCHED_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_DB = f"agentsched_test_{os.getpid()}"
+
+
+def _pg_url() -> str:
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    return base.replace("postgresql://", "postgresql+asyncpg://") + "/" + PG_DB
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)'))
+    asyncio.run(admin(f'CREATE DATABASE "{PG_DB}"'))
+    yield _pg_url()
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test:{uuid.uuid4().hex[:10]}:"
+
+
+async def delete_prefix(url: str, prefix: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    try:
+        batch = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
+        for i in range(0, len(batch), 500):
+            await client.delete(*batch[i : i + 500])
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(params=["postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/agentsched.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def settings(prefix: str, db_url: str) -> AsyncIterator[Settings]:
+    s = load_settings(
+        redis_url=REDIS_URL,
+        database_url=db_url,
+        app=f"app-{uuid.uuid4().hex[:8]}",
+        redis_prefix=prefix,
+        task_modules=["tests.sample_tasks"],
+        lease_seconds=1.5,
+        keep_result=300,
+    )
+    yield s
+    await delete_prefix(REDIS_URL, prefix)
+
+
+def subprocess_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a real `arq agentsched.WorkerSettings` subprocess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSCHED_")}
+    env.update(
+        AGENTSCHED_REDIS_URL=settings.redis_url,
+        AGENTSCHED_DATABASE_URL=settings.database_url,
+        AGENTSCHED_APP=settings.app,
+        AGENTSCHED_REDIS_PREFIX=settings.redis_prefix,
+        AGENTSCHED_TASK_MODULES=",".join(settings.task_modules),
+        AGENTSCHED_LEASE_SECONDS=str(settings.lease_seconds),
+        PYTHONPATH=str(Path(__file__).resolve().parent.parent),
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+async def run_worker(settings: Settings) -> AsyncIterator[Callable[..., Any]]:
+    """Start in-process arq workers built from agentsched's settings; stopped at teardown."""
+    from agentsched.worker import build_worker_settings
+
+    started: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> Worker:
+        s = settings.model_copy(update=overrides) if overrides else settings
+        worker = create_worker(build_worker_settings(s), handle_signals=False)
+        task = asyncio.create_task(worker.async_run())
+        started.append((worker, task))
+        await asyncio.sleep(0.05)
+        return worker
+
+    yield start
+    for worker, task in started:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await worker.close()

@@ -1,0 +1,71 @@
+"""Task functions the tests enqueue (imported by in-process and subprocess workers)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from agentsched import task
+
+
+@task
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task(name="tests.noop")
+async def noop() -> None:
+    return None
+
+
+@task(name="tests.boom")
+async def boom(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+@task(name="tests.flaky", max_retries=3, retry_backoff=0.05)
+async def flaky(marker: str, fail_times: int) -> str:
+    """Fails `fail_times` times (counted in a file), then succeeds."""
+    path = Path(marker)
+    count = int(path.read_text()) if path.exists() else 0
+    path.write_text(str(count + 1))
+    if count < fail_times:
+        raise RuntimeError(f"flaky failure {count + 1}")
+    return f"ok after {count + 1}"
+
+
+@task(name="tests.always_fails", max_retries=2, retry_backoff=0.05)
+async def always_fails() -> None:
+    raise RuntimeError("always")
+
+
+@task(name="tests.slow", timeout=0.5)
+async def slow(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+@task(name="tests.sleep", timeout=60)
+async def sleep(seconds: float, marker: str | None = None) -> str:
+    if marker:
+        Path(marker).write_text(str(os.getpid()))
+    await asyncio.sleep(seconds)
+    return "done"
+
+
+@task(name="tests.sync_mul")
+def sync_mul(a: int, b: int) -> dict[str, int]:
+    time.sleep(0.01)
+    return {"product": a * b}
+
+
+@task(name="tests.lost", max_retries=1, timeout=60)
+async def lost(marker: str, seconds: float) -> str:
+    """Writes the worker's pid then sleeps: the test SIGKILLs that worker."""
+    path = Path(marker)
+    runs = path.read_text().splitlines() if path.exists() else []
+    path.write_text("\n".join([*runs, str(os.getpid())]))
+    await asyncio.sleep(seconds if not runs else 0)
+    return f"run {len(runs) + 1}"
