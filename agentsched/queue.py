@@ -63,8 +63,10 @@ def _delay_seconds(delay: float | dt.timedelta | None, eta: dt.datetime | None) 
     if delay is None:
         return 0.0
     seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
-    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not math.isfinite(
-        seconds
+    if (
+        not isinstance(seconds, int | float)
+        or isinstance(seconds, bool)
+        or not math.isfinite(seconds)
     ):
         raise InvalidInput("delay", "must be a number of seconds")
     if seconds < 0 or seconds > MAX_DELAY_S:

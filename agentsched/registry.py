@@ -78,15 +78,23 @@ def _parameters(func: Callable[..., Any]) -> tuple[dict[str, Any], ...]:
 def _register(
     func: F, name: str | None, timeout: float | None, max_retries: int, retry_backoff: float
 ) -> F:
-    task_name = validate_name(name or f"{func.__module__}.{func.__qualname__}", "name")
+    task_name = name or f"{func.__module__}.{func.__qualname__}"
+    try:
+        validate_name(task_name, "name")
+    except InvalidInput as exc:
+        raise ConfigError(f"@task {task_name}: {exc.message}; pass name=...") from None
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"@task {task_name}: timeout must be > 0")
     if max_retries < 0:
         raise ConfigError(f"@task {task_name}: max_retries must be >= 0")
     existing = _REGISTRY.get(task_name)
-    if existing is not None and existing.func is not func and (
-        existing.func.__module__ != func.__module__
-        or existing.func.__qualname__ != func.__qualname__
+    if (
+        existing is not None
+        and existing.func is not func
+        and (
+            existing.func.__module__ != func.__module__
+            or existing.func.__qualname__ != func.__qualname__
+        )
     ):
         raise ConfigError(f"@task {task_name}: name already registered by another function")
     definition = TaskDef(

@@ -197,64 +197,141 @@ class Tracker:
             execution.args,  # type: ignore[arg-type]
             execution.kwargs,
             None,
-            score_ms if execution.enqueued_at is None else int(execution.enqueued_at.timestamp() * 1000),
+            score_ms
+            if execution.enqueued_at is None
+            else int(execution.enqueued_at.timestamp() * 1000),
             serializer=dumps,
         )
         fields: list[str] = [
-            "id", execution.id, "app", execution.app, "function", execution.function,
-            "status", "queued", "attempt", "1", "max_tries", str(execution.max_tries),
-            "args", dumps_str(execution.args), "kwargs", dumps_str(execution.kwargs),
-            "metadata", dumps_str(execution.metadata),
-            "enqueued_at", str(now_ms()), "seq", "0",
-        ]  # fmt: skip
+            "id",
+            execution.id,
+            "app",
+            execution.app,
+            "function",
+            execution.function,
+            "status",
+            "queued",
+            "attempt",
+            "1",
+            "max_tries",
+            str(execution.max_tries),
+            "args",
+            dumps_str(execution.args),
+            "kwargs",
+            dumps_str(execution.kwargs),
+            "metadata",
+            dumps_str(execution.metadata),
+            "enqueued_at",
+            str(now_ms()),
+            "seq",
+            "0",
+        ]
         if execution.task_id:
             fields += ["task_id", execution.task_id]
         if execution.scheduled_for:
             fields += ["scheduled_for", str(int(execution.scheduled_for.timestamp() * 1000))]
         idem = k.idempotency(idempotency_key) if idempotency_key else ""
         created, ident = await self._enqueue(
-            keys=[k.execution(execution.id), k.job(execution.id), k.queue, k.records, k.events, idem],
-            args=[execution.id, payload, score_ms, job_ttl_ms, self._maxlen, now_ms(),
-                  self._keep_ms, 0, *fields],
-        )  # fmt: skip
+            keys=[
+                k.execution(execution.id),
+                k.job(execution.id),
+                k.queue,
+                k.records,
+                k.events,
+                idem,
+            ],
+            args=[
+                execution.id,
+                payload,
+                score_ms,
+                job_ttl_ms,
+                self._maxlen,
+                now_ms(),
+                self._keep_ms,
+                0,
+                *fields,
+            ],
+        )
         return bool(created), ident.decode() if isinstance(ident, bytes) else str(ident)
 
     async def start(
-        self, execution_id: str, *, worker: str, attempt: int, function: str,
-        args: Any, kwargs: Any, enqueued_ms: int, max_tries: int,
-    ) -> str:  # fmt: skip
+        self,
+        execution_id: str,
+        *,
+        worker: str,
+        attempt: int,
+        function: str,
+        args: Any,
+        kwargs: Any,
+        enqueued_ms: int,
+        max_tries: int,
+    ) -> str:
         """Mark running and take the lease; returns the status ('cancelled' = do not run)."""
         k = self.keys
         result = await self._start(
             keys=[k.execution(execution_id), k.records, k.events, k.lease(execution_id), k.running],
-            args=[execution_id, now_ms(), self._maxlen, self._keep_ms,
-                  int(self.settings.lease_seconds * 1000), worker, attempt, self.keys.app,
-                  function, dumps_str(args), dumps_str(kwargs), enqueued_ms, max_tries],
-        )  # fmt: skip
+            args=[
+                execution_id,
+                now_ms(),
+                self._maxlen,
+                self._keep_ms,
+                int(self.settings.lease_seconds * 1000),
+                worker,
+                attempt,
+                self.keys.app,
+                function,
+                dumps_str(args),
+                dumps_str(kwargs),
+                enqueued_ms,
+                max_tries,
+            ],
+        )
         return _text(result)
 
     async def finish(
-        self, execution_id: str, status: str, *, result: Any = None, error: str = "",
-        error_kind: str = "", next_attempt: int = 0,
-    ) -> str:  # fmt: skip
+        self,
+        execution_id: str,
+        status: str,
+        *,
+        result: Any = None,
+        error: str = "",
+        error_kind: str = "",
+        next_attempt: int = 0,
+    ) -> str:
         """End an attempt: success/failed/cancelled, or back to queued (a retry)."""
         k = self.keys
         encoded = dumps_str(result) if status == "success" else ""
         out = await self._finish(
             keys=[k.execution(execution_id), k.records, k.events, k.lease(execution_id), k.running],
-            args=[execution_id, now_ms(), self._maxlen, self._keep_ms, status, encoded,
-                  error, error_kind, next_attempt],
-        )  # fmt: skip
+            args=[
+                execution_id,
+                now_ms(),
+                self._maxlen,
+                self._keep_ms,
+                status,
+                encoded,
+                error,
+                error_kind,
+                next_attempt,
+            ],
+        )
         return _text(out)
 
     async def cancel(self, execution_id: str, *, force: bool = False) -> str:
         """'cancelled', 'cancelling' (a worker will stop it), 'missing' or the terminal status."""
         k = self.keys
         out = await self._cancel(
-            keys=[k.execution(execution_id), k.queue, k.job(execution_id), k.retry(execution_id),
-                  k.abort, k.records, k.events],
+            keys=[
+                k.execution(execution_id),
+                k.queue,
+                k.job(execution_id),
+                k.retry(execution_id),
+                k.abort,
+                k.records,
+                k.events,
+            ],
             args=[execution_id, now_ms(), self._maxlen, self._keep_ms, "1" if force else "0"],
-        )  # fmt: skip
+        )
         return _text(out)
 
     async def reap(self) -> list[str]:
@@ -267,18 +344,38 @@ class Tracker:
         return [_text(i) for i in out]
 
     async def fail_outside(
-        self, execution_id: str, status: str, *, error: str, error_kind: str,
-        function: str = "<unknown>", args: Any = (), kwargs: Any = None, enqueued_ms: int = 0,
+        self,
+        execution_id: str,
+        status: str,
+        *,
+        error: str,
+        error_kind: str,
+        function: str = "<unknown>",
+        args: Any = (),
+        kwargs: Any = None,
+        enqueued_ms: int = 0,
         attempt: int = 1,
-    ) -> str:  # fmt: skip
+    ) -> str:
         """Record an end decided by arq itself (unknown function, bad payload, abort)."""
         k = self.keys
         out = await self._outside(
             keys=[k.execution(execution_id), k.records, k.events],
-            args=[execution_id, now_ms(), self._maxlen, self._keep_ms, status, error, error_kind,
-                  self.keys.app, function, dumps_str(list(args)), dumps_str(kwargs or {}),
-                  enqueued_ms or now_ms(), attempt],
-        )  # fmt: skip
+            args=[
+                execution_id,
+                now_ms(),
+                self._maxlen,
+                self._keep_ms,
+                status,
+                error,
+                error_kind,
+                self.keys.app,
+                function,
+                dumps_str(list(args)),
+                dumps_str(kwargs or {}),
+                enqueued_ms or now_ms(),
+                attempt,
+            ],
+        )
         return _text(out)
 
     async def renew(self, execution_ids: list[str], worker: str) -> None:

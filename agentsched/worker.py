@@ -20,7 +20,7 @@ import sys
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from arq.connections import RedisSettings
 from arq.jobs import DeserializationError, SerializationError
@@ -72,17 +72,22 @@ class JobRunner:
         self.runtime = await Runtime(self.settings).open()
         self.tracker = self.runtime.tracker()
         self._recorder = Recorder(
-            self.runtime.redis, self.runtime.executions, self.tracker.keys.records,
+            self.runtime.redis,
+            self.runtime.executions,
+            self.tracker.keys.records,
             batch=self.settings.record_batch,
-        )  # fmt: skip
+        )
         self._recorder.start()
         self._loops.append(asyncio.create_task(self._maintain(), name="agentsched-lease"))
         if self.settings.scheduler_enabled:
             self._scheduler = await _start_scheduler(self.runtime)
         log.info(
             "agentsched worker %s for app %s: %d task(s) on queue %s",
-            self.worker_id, self.settings.app, len(registered()), self.tracker.keys.queue,
-        )  # fmt: skip
+            self.worker_id,
+            self.settings.app,
+            len(registered()),
+            self.tracker.keys.queue,
+        )
         ctx["agentsched"] = self
 
     async def shutdown(self, ctx: dict[str, Any]) -> None:
@@ -112,8 +117,11 @@ class JobRunner:
                 await self.tracker.renew(list(self.running), self.worker_id)
                 recovered = await self.tracker.reap()
                 if recovered:
-                    log.warning("recovered %d job(s) from a lost worker: %s", len(recovered),
-                                ", ".join(recovered))  # fmt: skip
+                    log.warning(
+                        "recovered %d job(s) from a lost worker: %s",
+                        len(recovered),
+                        ", ".join(recovered),
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -129,16 +137,25 @@ class JobRunner:
         return run
 
     async def _run(
-        self, definition: TaskDef, ctx: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        definition: TaskDef,
+        ctx: dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> Any:
         assert self.tracker is not None
         job_id: str = ctx["job_id"]
         attempt: int = ctx["job_try"]
         status = await self.tracker.start(
-            job_id, worker=self.worker_id, attempt=attempt, function=definition.name,
-            args=list(args), kwargs=kwargs, enqueued_ms=int(ctx["enqueue_time"].timestamp() * 1000),
+            job_id,
+            worker=self.worker_id,
+            attempt=attempt,
+            function=definition.name,
+            args=list(args),
+            kwargs=kwargs,
+            enqueued_ms=int(ctx["enqueue_time"].timestamp() * 1000),
             max_tries=definition.max_tries,
-        )  # fmt: skip
+        )
         if status != "running":
             return None  # cancelled (or already finished) before it started
         self.running.add(job_id)
@@ -155,10 +172,16 @@ class JobRunner:
             raise
         except TimeoutError as exc:
             if deadline.expired():
-                return await self._failed(definition, job_id, attempt, ErrorKind.TIMEOUT,
-                                          f"TimeoutError: exceeded the task timeout of {timeout}s")  # fmt: skip
-            return await self._failed(definition, job_id, attempt, ErrorKind.EXCEPTION,
-                                      format_error(exc))  # fmt: skip
+                return await self._failed(
+                    definition,
+                    job_id,
+                    attempt,
+                    ErrorKind.TIMEOUT,
+                    f"TimeoutError: exceeded the task timeout of {timeout}s",
+                )
+            return await self._failed(
+                definition, job_id, attempt, ErrorKind.EXCEPTION, format_error(exc)
+            )
         except Exception as exc:
             return await self._failed(
                 definition, job_id, attempt, ErrorKind.EXCEPTION, format_error(exc)
@@ -174,16 +197,29 @@ class JobRunner:
         assert self.tracker is not None
         if attempt < definition.max_tries:
             delay = definition.backoff(attempt)
-            log.info("%s %s attempt %d failed (%s), retrying in %.1fs: %s", definition.name,
-                     job_id, attempt, kind.value, delay, error.splitlines()[0])  # fmt: skip
+            log.info(
+                "%s %s attempt %d failed (%s), retrying in %.1fs: %s",
+                definition.name,
+                job_id,
+                attempt,
+                kind.value,
+                delay,
+                error.splitlines()[0],
+            )
             outcome = await self.tracker.finish(
                 job_id, "queued", error=error, error_kind=kind.value, next_attempt=attempt + 1
             )
             if outcome == "queued":
                 raise Retry(defer=delay)
             return None
-        log.warning("%s %s failed (%s) after %d attempt(s): %s", definition.name, job_id,
-                    kind.value, attempt, error.splitlines()[0])  # fmt: skip
+        log.warning(
+            "%s %s failed (%s) after %d attempt(s): %s",
+            definition.name,
+            job_id,
+            kind.value,
+            attempt,
+            error.splitlines()[0],
+        )
         await self.tracker.finish(job_id, "failed", error=error, error_kind=kind.value)
         return None
 
@@ -196,9 +232,15 @@ class JobRunner:
             await asyncio.shield(tracker.finish(job_id, "cancelled", error="", error_kind=""))
         else:
             # arq re-runs a job cancelled by a shutdown; record it as queued again.
-            await asyncio.shield(tracker.finish(job_id, "queued", error="WorkerShutdown",
-                                                error_kind=ErrorKind.WORKER_LOST.value,
-                                                next_attempt=attempt + 1))  # fmt: skip
+            await asyncio.shield(
+                tracker.finish(
+                    job_id,
+                    "queued",
+                    error="WorkerShutdown",
+                    error_kind=ErrorKind.WORKER_LOST.value,
+                    next_attempt=attempt + 1,
+                )
+            )
 
     # --- arq's own endings, seen through the serializer --------------------------------
     def serialize(self, data: dict[str, Any]) -> bytes:
@@ -223,17 +265,26 @@ class JobRunner:
             if "expired" in text:
                 kind = ErrorKind.EXPIRED
             elif "not found" in text:
-                kind, message = ErrorKind.UNKNOWN_FUNCTION, f"UnknownFunction: {data.get('f')!r} is not a registered task"
+                kind, message = (
+                    ErrorKind.UNKNOWN_FUNCTION,
+                    f"UnknownFunction: {data.get('f')!r} is not a registered task",
+                )
             elif "retries" in text:
                 kind = ErrorKind.WORKER_LOST
         function = data.get("f") if isinstance(data.get("f"), str) else "<unknown>"
         log.warning("job %s (%s) ended by the worker: %s", data["id"], function, kind.value)
         try:
             await self.tracker.fail_outside(
-                str(data["id"]), status, error=message, error_kind=kind.value,
-                function=str(function), args=data.get("a") or (), kwargs=data.get("k") or {},
-                enqueued_ms=int(data.get("et") or 0), attempt=int(data.get("t") or 1),
-            )  # fmt: skip
+                str(data["id"]),
+                status,
+                error=message,
+                error_kind=kind.value,
+                function=str(function),
+                args=data.get("a") or (),
+                kwargs=data.get("k") or {},
+                enqueued_ms=int(data.get("et") or 0),
+                attempt=int(data.get("t") or 1),
+            )
         except Exception as exc2:
             log.error("cannot record the end of job %s: %s", data["id"], exc2)
 
@@ -266,7 +317,7 @@ def build_worker_settings(settings: Settings | None = None) -> type:
     runner = JobRunner(settings)
     functions = [
         func(
-            runner.wrap(d),
+            cast(Any, runner.wrap(d)),
             name=d.name,
             timeout=(d.timeout or settings.job_timeout) + TIMEOUT_MARGIN,
             max_tries=d.max_tries + INTERRUPT_SLACK,

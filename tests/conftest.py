@@ -23,7 +23,9 @@ from arq.worker import Worker, create_worker
 from agentsched.settings import Settings, load_settings
 
 REDIS_URL = os.environ.get("AGENTSCHED_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
-PG_ADMIN_DSN = os.environ.get("AGENTSCHED_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "AGENTSCHED_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 PG_DB = f"agentsched_test_{os.getpid()}"
 
 

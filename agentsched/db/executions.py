@@ -14,7 +14,7 @@ from agentsched.db.models import TaskExecution
 from agentsched.records import Execution, from_row
 
 _UPDATABLE = [c.name for c in TaskExecution.__table__.columns if c.name != "id"]
-SORTABLE = {
+SORTABLE: dict[str, Any] = {
     "enqueued_at": TaskExecution.enqueued_at,
     "started_at": TaskExecution.started_at,
     "finished_at": TaskExecution.finished_at,
@@ -98,8 +98,13 @@ class ExecutionStore:
         if function is not None:
             where.append(TaskExecution.function == function)
         column = SORTABLE[sort]
-        order = [column.desc() if descending else column.asc(), TaskExecution.id.desc()]
-        query = select(TaskExecution).where(*where).order_by(*order).limit(limit).offset(offset)
+        query = (
+            select(TaskExecution)
+            .where(*where)
+            .order_by(column.desc() if descending else column.asc(), TaskExecution.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
         async with AsyncSession(self.engine) as session:
             rows = (await session.scalars(query)).all()
             total = await session.scalar(

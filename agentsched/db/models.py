@@ -43,7 +43,8 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return None
         if isinstance(value, str):
             value = dt.datetime.fromisoformat(value)
-        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        moment: dt.datetime = value
+        return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
 def _now() -> dt.datetime:
@@ -96,7 +97,9 @@ class TaskExecution(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     task_id: Mapped[str | None] = mapped_column(
-        String(36), ForeignKey("scheduled_tasks.id", ondelete="SET NULL"), nullable=True,
+        String(36),
+        ForeignKey("scheduled_tasks.id", ondelete="SET NULL"),
+        nullable=True,
         index=True,
     )
     app: Mapped[str] = mapped_column(String(128))

@@ -1,0 +1,30 @@
+# Developer entry points. `make test` is the one command CI runs (.ci/run).
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install lint typecheck test bench run worker
+
+install:
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+lint: install
+	$(BIN)/ruff check agentsched tests bench
+	$(BIN)/ruff format --check agentsched
+
+typecheck: install
+	$(BIN)/mypy
+
+test:
+	bash scripts/test.sh
+
+bench: install
+	bash scripts/services.sh
+	$(BIN)/python bench/bench_queue.py
+	$(BIN)/python bench/bench_events.py
+	$(BIN)/python bench/bench_scheduler.py
+	$(BIN)/python bench/bench_api.py
+
+run: install
+	$(BIN)/agentsched dev

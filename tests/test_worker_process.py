@@ -1,0 +1,153 @@
+"""Real `arq agentsched.WorkerSettings` subprocesses: crashes, signals, start-up errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentsched import TaskQueue, TaskStatus
+from agentsched.settings import Settings
+from tests.conftest import subprocess_env
+from tests.test_queue import wait_sql
+
+ROOT = Path(__file__).resolve().parent.parent
+ARQ = [sys.executable, "-m", "arq", "agentsched.WorkerSettings"]
+
+
+def start_worker(settings: Settings, **extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ARQ,
+        cwd=ROOT,
+        env=subprocess_env(settings, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout is None:
+        return ""
+    with proc.stdout:
+        return proc.stdout.read().decode()
+
+
+async def wait_for(path: Path, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return path.read_text()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} never written")
+
+
+@pytest.mark.slow
+async def test_sigkilled_worker_job_is_retried_by_another(
+    settings: Settings, tmp_path: Path
+) -> None:
+    marker = tmp_path / "runs"
+    first = start_worker(settings)
+    second = None
+    try:
+        async with TaskQueue(settings) as queue:
+            execution = await queue.enqueue(
+                "tests.lost", kwargs={"marker": str(marker), "seconds": 60}
+            )
+            pid = int((await wait_for(marker)).splitlines()[0])
+            assert pid == first.pid
+            assert await queue.get_status(execution.id) is TaskStatus.RUNNING
+            os.kill(first.pid, signal.SIGKILL)
+            killed_at = time.monotonic()
+            second = start_worker(settings)
+            # lease 1.5 s: recovered within the lease plus a renewal period, not 60 s + 10 s
+            result = await queue.get_result(execution.id, timeout=20)
+            assert time.monotonic() - killed_at < 12
+            assert result == "run 2"
+            record = await queue.get_execution(execution.id)
+            assert record.attempt == 2 and record.status is TaskStatus.SUCCESS
+            await wait_sql(queue, execution.id, lambda r: r.status is TaskStatus.SUCCESS)
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+
+
+@pytest.mark.slow
+async def test_sigkilled_worker_on_last_attempt_is_failed_worker_lost(
+    settings: Settings, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pid"
+    first = start_worker(settings)
+    second = None
+    try:
+        async with TaskQueue(settings) as queue:
+            execution = await queue.enqueue(
+                "tests.sleep", args=[60], kwargs={"marker": str(marker)}
+            )
+            await wait_for(marker)
+            os.kill(first.pid, signal.SIGKILL)
+            second = start_worker(settings)
+            row = await wait_sql(
+                queue, execution.id, lambda r: r.status is TaskStatus.FAILED, timeout=20
+            )
+            assert row.error_kind is not None and row.error_kind.value == "worker_lost"
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+
+
+@pytest.mark.slow
+async def test_worker_runs_and_stops_on_sigterm(settings: Settings) -> None:
+    proc = start_worker(settings)
+    try:
+        async with TaskQueue(settings) as queue:
+            execution = await queue.enqueue("tests.sample_tasks.add", args=[4, 5])
+            assert await queue.get_result(execution.id, timeout=20) == 9
+    finally:
+        output = stop(proc)
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"AGENTSCHED_REDIS_URL": "redis://:s3cret@127.0.0.1:1/0"},
+            "Redis unreachable at redis://:***@127.0.0.1:1/0",
+        ),
+        (
+            {"AGENTSCHED_DATABASE_URL": "postgresql+asyncpg://u:s3cret@127.0.0.1:1/x"},
+            "database unreachable at postgresql+asyncpg://u:***@127.0.0.1:1/x",
+        ),
+        ({"AGENTSCHED_POLL_DELAY": "fast"}, "AGENTSCHED_POLL_DELAY"),
+        ({"AGENTSCHED_APP": "Bad App!"}, "AGENTSCHED_APP"),
+        ({"AGENTSCHED_TASK_MODULES": "no_such_module_here"}, "AGENTSCHED_TASK_MODULES"),
+    ],
+)
+def test_startup_errors_are_one_line(
+    settings: Settings, env: dict[str, str], expected: str
+) -> None:
+    proc = subprocess.run(
+        ARQ, cwd=ROOT, env=subprocess_env(settings, **env), capture_output=True, timeout=60
+    )
+    output = (proc.stdout + proc.stderr).decode()
+    assert proc.returncode != 0
+    assert expected in output
+    assert "Traceback" not in output
+    assert "s3cret" not in output
+    assert len(output.strip().splitlines()) == 1, output
