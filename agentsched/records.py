@@ -46,12 +46,6 @@ class Execution:
         return asdict(self)
 
 
-def _s(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _json(value: str | None, default: Any) -> Any:
     if value is None or value == "":
         return default
@@ -65,9 +59,11 @@ def _int_ms(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
-def snapshot_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
-    """Decode a Redis hash or stream entry (bytes keys and values) to `str -> str`."""
-    return {str(_s(k)): str(_s(v)) for k, v in raw.items()}
+def snapshot_fields(raw: Mapping[Any, Any]) -> Mapping[str, str]:
+    """Decode a Redis hash (bytes keys and values) to `str -> str`; str maps pass through."""
+    if all(type(k) is str for k in raw):
+        return raw
+    return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 def from_redis(raw: Mapping[Any, Any]) -> Execution:

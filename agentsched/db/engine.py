@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agentsched.db.models import Base
@@ -35,16 +36,30 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
+async def _create(engine: AsyncEngine, create_tables: bool) -> None:
+    async with engine.begin() as conn:
+        if create_tables:
+            if engine.dialect.name == "postgresql":
+                # Several processes start at once; the lock makes them create in turn.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
+            await conn.run_sync(Base.metadata.create_all)
+        else:
+            await conn.execute(text("SELECT 1"))
+
+
 async def open_database(url: str, *, create_tables: bool = True) -> AsyncEngine:
     """Connect (and create missing tables); `ServiceUnavailable` naming the URL if it fails."""
     engine = create_engine(url)
     try:
-        async with engine.begin() as conn:
-            if create_tables:
-                if engine.dialect.name == "postgresql":
-                    # Several processes start at once; the lock makes them create in turn.
-                    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
-                await conn.run_sync(Base.metadata.create_all)
+        for attempt in range(3):
+            try:
+                await _create(engine, create_tables)
+                break
+            except OperationalError as exc:
+                # SQLite has no schema lock: a process that lost the race to create a
+                # table finds it there on the next try.
+                if "already exists" not in str(exc) or attempt == 2:
+                    raise
     except Exception as exc:
         await engine.dispose()
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
