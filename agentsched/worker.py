@@ -30,9 +30,11 @@ from agentsched.errors import AgentschedError, ConfigError
 from agentsched.recorder import Recorder
 from agentsched.registry import TaskDef, import_task_modules, registered
 from agentsched.runtime import Runtime
+from agentsched.scheduler import SchedulerService
 from agentsched.serialization import dumps, loads
 from agentsched.settings import Settings, get_settings
 from agentsched.status import ErrorKind
+from agentsched.tasks_file import parse_tasks_file
 from agentsched.tracking import Tracker
 
 log = logging.getLogger("agentsched.worker")
@@ -61,7 +63,7 @@ class JobRunner:
         self._loops: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[Any]] = set()
         self._recorder: Recorder | None = None
-        self._scheduler: Any = None
+        self._scheduler: SchedulerService | None = None
 
     # --- lifecycle -------------------------------------------------------------------
     async def startup(self, ctx: dict[str, Any]) -> None:
@@ -79,6 +81,10 @@ class JobRunner:
         )
         self._recorder.start()
         self._loops.append(asyncio.create_task(self._maintain(), name="agentsched-lease"))
+        if self.settings.tasks_file:
+            from agentsched.scheduler import load_tasks_files
+
+            await load_tasks_files(self.runtime, self.settings.tasks_file)
         if self.settings.scheduler_enabled:
             self._scheduler = await _start_scheduler(self.runtime)
         log.info(
@@ -297,11 +303,7 @@ class JobRunner:
         return data
 
 
-async def _start_scheduler(runtime: Runtime) -> Any:
-    try:
-        from agentsched.scheduler import SchedulerService
-    except ImportError:  # scheduling not installed in this build
-        return None
+async def _start_scheduler(runtime: Runtime) -> SchedulerService:
     service = SchedulerService(runtime)
     await service.start()
     return service
@@ -363,6 +365,8 @@ def worker_settings_for_cli() -> type:
         settings = get_settings()
         logging.getLogger("agentsched").setLevel(settings.log_level)
         built = build_worker_settings(settings)
+        for path in settings.tasks_file:
+            parse_tasks_file(path, check_functions=True)
         asyncio.run(_check_services(settings))
     except AgentschedError as exc:
         print(f"agentsched: {exc}", file=sys.stderr)

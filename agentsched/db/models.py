@@ -59,7 +59,11 @@ class ScheduledTask(Base):
     """A cron or interval schedule of a registered task, from tasks.yaml or the API."""
 
     __tablename__ = "scheduled_tasks"
-    __table_args__ = (UniqueConstraint("app", "name", name="uq_scheduled_tasks_app_name"),)
+    __table_args__ = (
+        UniqueConstraint("app", "name", name="uq_scheduled_tasks_app_name"),
+        # The scheduler tick's query: this app's enabled schedules due by now.
+        Index("ix_scheduled_tasks_due", "app", "enabled", "next_run_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     app: Mapped[str] = mapped_column(String(128), index=True)

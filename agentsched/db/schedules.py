@@ -22,11 +22,26 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, insert, select, text, true, update
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    String,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from agentsched.db.models import ScheduledTask
+from agentsched.db.models import ScheduledTask, UTCDateTime
 from agentsched.errors import Conflict
 from agentsched.schedules import Schedule
 
@@ -38,6 +53,7 @@ SORTABLE = {
 # `ScheduleStore.list` shadows the builtin inside the class body.
 ScheduleList = list[Schedule]
 _FIELDS = [c.name for c in T.columns]
+_STAMPS = ARRAY(DateTime(timezone=True))
 # Namespace of the advisory lock that serialises tasks-file loads of one app.
 _FILE_LOCK_NS = 0x61677366  # 'agsf'
 
@@ -78,7 +94,7 @@ class Advance:
 
     id: str
     old_next_run_at: dt.datetime
-    next_run_at: dt.datetime
+    next_run_at: dt.datetime | None
     last_run_at: dt.datetime | None
     skipped: int = 0
 
@@ -91,26 +107,57 @@ class DueBatch:
     rows: list[Schedule]
 
     async def advance(self, advances: Sequence[Advance]) -> None:
-        """Move each row to its next fire time (one batched statement)."""
+        """Move each row to its next fire time, guarded by its old `next_run_at`."""
         if not advances:
+            return
+        if self.conn.dialect.name == "postgresql":
+            await self.conn.execute(_advance_joined(advances))
             return
         stmt = (
             update(T)
             .where(T.c.id == bindparam("b_id"), T.c.next_run_at == bindparam("b_old"))
             .values(
                 next_run_at=bindparam("b_next"),
-                last_run_at=func.coalesce(bindparam("b_last", type_=T.c.last_run_at.type),
-                                          T.c.last_run_at),
+                last_run_at=func.coalesce(
+                    bindparam("b_last", type_=UTCDateTime()), T.c.last_run_at
+                ),
                 skipped_runs=T.c.skipped_runs + bindparam("b_skip"),
                 updated_at=T.c.updated_at,  # a tick is not an edit of the definition
             )
-        )  # fmt: skip
+        )
         params = [
             {"b_id": a.id, "b_old": a.old_next_run_at, "b_next": a.next_run_at,
              "b_last": a.last_run_at, "b_skip": a.skipped}
             for a in advances
         ]  # fmt: skip
         await self.conn.execute(stmt, params)
+
+
+def _advance_joined(advances: Sequence[Advance]) -> Update:
+    """One UPDATE joined to unnest()ed arrays for the whole batch: a statement per row
+    costs ~0.4 ms on PostgreSQL, and the SQL text stays the same whatever the batch size,
+    so it is compiled and prepared once."""
+    v = (
+        func.unnest(
+            bindparam("ids", [a.id for a in advances], type_=ARRAY(String())),
+            bindparam("olds", [a.old_next_run_at for a in advances], type_=_STAMPS),
+            bindparam("nexts", [a.next_run_at for a in advances], type_=_STAMPS),
+            bindparam("lasts", [a.last_run_at for a in advances], type_=_STAMPS),
+            bindparam("skips", [a.skipped for a in advances], type_=ARRAY(Integer())),
+        )
+        .table_valued("id", "old", "next", "last", "skip")
+        .render_derived(name="v")
+    )
+    return (
+        update(T)
+        .where(T.c.id == v.c.id, T.c.next_run_at == v.c.old)
+        .values(
+            next_run_at=v.c.next,
+            last_run_at=func.coalesce(v.c.last, T.c.last_run_at),
+            skipped_runs=T.c.skipped_runs + v.c.skip,
+            updated_at=T.c.updated_at,
+        )
+    )
 
 
 @dataclass(slots=True)
