@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     @field_validator("app")
     @classmethod
     def _app_name(cls, value: str) -> str:
-        if not NAME_RE.match(value):
+        if not NAME_RE.fullmatch(value):
             raise ValueError("must match [a-z0-9][a-z0-9._-]{0,127}")
         return value
 

@@ -46,6 +46,8 @@ local id, now, maxlen, keep, lease_ms, worker, attempt = ARGV[1], ARGV[2], ARGV[
   ARGV[5], ARGV[6], ARGV[7]
 local status = redis.call('HGET', xkey, 'status')
 if not status then
+  -- A job written to arq's keys without agentsched: the caller sends its details.
+  if #ARGV < 13 then return 'missing' end
   redis.call('HSET', xkey, 'id', id, 'app', ARGV[8], 'function', ARGV[9], 'args', ARGV[10],
     'kwargs', ARGV[11], 'metadata', '{}', 'enqueued_at', ARGV[12], 'max_tries', ARGV[13])
 elseif TERMINAL[status] then
@@ -166,6 +168,10 @@ return new
 """
 
 
+class Encoded(str):
+    """A result already encoded as JSON (the worker checks it is JSON once)."""
+
+
 class Tracker:
     """Status transitions of one app's executions, each one atomic script call."""
 
@@ -175,6 +181,7 @@ class Tracker:
         self.keys = Keys(settings.redis_prefix, app or settings.app)
         self._maxlen = str(settings.event_maxlen)
         self._keep_ms = str(int(settings.keep_result * 1000))
+        self._lease_ms = str(int(settings.lease_seconds * 1000))
         self._enqueue = redis.register_script(_PRELUDE + _ENQUEUE)
         self._start = redis.register_script(_PRELUDE + _START)
         self._finish = redis.register_script(_PRELUDE + _FINISH)
@@ -268,25 +275,28 @@ class Tracker:
     ) -> str:
         """Mark running and take the lease; returns the status ('cancelled' = do not run)."""
         k = self.keys
-        result = await self._start(
-            keys=[k.execution(execution_id), k.records, k.events, k.lease(execution_id), k.running],
-            args=[
-                execution_id,
-                now_ms(),
-                self._maxlen,
-                self._keep_ms,
-                int(self.settings.lease_seconds * 1000),
-                worker,
-                attempt,
+        keys = [k.execution(execution_id), k.records, k.events, k.lease(execution_id), k.running]
+        common: list[str | int] = [
+            execution_id,
+            now_ms(),
+            self._maxlen,
+            self._keep_ms,
+            self._lease_ms,
+            worker,
+        ]
+        result = _text(await self._start(keys=keys, args=[*common, attempt]))
+        if result == "missing":
+            # Only jobs enqueued around agentsched pay for sending their details.
+            details: list[str | int] = [
                 self.keys.app,
                 function,
                 dumps_str(args),
                 dumps_str(kwargs),
                 enqueued_ms,
                 max_tries,
-            ],
-        )
-        return _text(result)
+            ]
+            result = _text(await self._start(keys=keys, args=[*common, attempt, *details]))
+        return result
 
     async def finish(
         self,
@@ -300,7 +310,11 @@ class Tracker:
     ) -> str:
         """End an attempt: success/failed/cancelled, or back to queued (a retry)."""
         k = self.keys
-        encoded = dumps_str(result) if status == "success" else ""
+        encoded = (
+            (result if isinstance(result, Encoded) else dumps_str(result))
+            if status == "success"
+            else ""
+        )
         out = await self._finish(
             keys=[k.execution(execution_id), k.records, k.events, k.lease(execution_id), k.running],
             args=[

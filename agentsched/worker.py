@@ -31,11 +31,11 @@ from agentsched.recorder import Recorder
 from agentsched.registry import TaskDef, import_task_modules, registered
 from agentsched.runtime import Runtime
 from agentsched.scheduler import SchedulerService
-from agentsched.serialization import dumps, loads
+from agentsched.serialization import dumps, dumps_str, loads
 from agentsched.settings import Settings, get_settings
 from agentsched.status import ErrorKind
 from agentsched.tasks_file import parse_tasks_file
-from agentsched.tracking import Tracker
+from agentsched.tracking import Encoded, Tracker
 
 log = logging.getLogger("agentsched.worker")
 # Slack arq gives a job beyond its tries, so a run interrupted by a shutdown is re-run.
@@ -172,7 +172,7 @@ class JobRunner:
                     result = await definition.func(*args, **kwargs)
                 else:
                     result = await asyncio.to_thread(definition.func, *args, **kwargs)
-            dumps(result)
+            encoded = Encoded(dumps_str(result))
         except asyncio.CancelledError:
             await self._interrupted(job_id, attempt)
             raise
@@ -194,7 +194,7 @@ class JobRunner:
             )
         finally:
             self.running.discard(job_id)
-        await self.tracker.finish(job_id, "success", result=result)
+        await self.tracker.finish(job_id, "success", result=encoded)
         return None
 
     async def _failed(

@@ -55,9 +55,14 @@ def prefix() -> str:
 
 
 async def delete_prefix(url: str, prefix: str) -> None:
+    """Delete a test's keys, and arq's job keys of the executions in its queues."""
     client = aioredis.Redis.from_url(url)
     try:
         batch = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
+        for key in [k for k in batch if k.startswith((prefix + "queue:").encode())]:
+            for job_id in await client.zrange(key, 0, -1):
+                ident = job_id.decode()
+                batch += [f"arq:{kind}:{ident}".encode() for kind in ("job", "retry", "in-progress")]
         for i in range(0, len(batch), 500):
             await client.delete(*batch[i : i + 500])
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -10,12 +11,13 @@ import asyncpg
 import orjson
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from agentsched.db.models import TaskExecution
 from agentsched.records import Execution, from_row
 
+log = logging.getLogger("agentsched.recorder")
 _UPDATABLE = [c.name for c in TaskExecution.__table__.columns if c.name != "id"]
 _PG_COLUMNS = [c.name for c in TaskExecution.__table__.columns]
 # Row dicts use the mapped attribute names (`meta` for the `metadata` column).
@@ -41,12 +43,21 @@ SORTABLE: dict[str, Any] = {
 }
 
 
+def _pg_value(name: str, value: Any) -> Any:
+    # PostgreSQL stores no NUL character in text or jsonb; history keeps a visible
+    # replacement rather than losing the row.
+    if value is None:
+        return None
+    if name in _PG_JSON:
+        return orjson.dumps(value).decode().replace("\\u0000", "\\ufffd")
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    return value
+
+
 def _pg_row(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(
-        (None if row[key] is None else orjson.dumps(row[key]).decode())
-        if name in _PG_JSON
-        else row[key]
-        for name, key in zip(_PG_COLUMNS, _PG_KEYS, strict=True)
+        _pg_value(name, row[key]) for name, key in zip(_PG_COLUMNS, _PG_KEYS, strict=True)
     )
 
 
@@ -82,7 +93,7 @@ class ExecutionStore:
             return 0
         try:
             await self._write(batch)
-        except IntegrityError:
+        except (IntegrityError, DataError):
             # One row broke a constraint (a fire time recorded twice, or a schedule
             # deleted meanwhile): write the rest one by one so the batch is not lost.
             for row in batch:
@@ -92,6 +103,9 @@ class ExecutionStore:
     async def _write_one(self, row: dict[str, Any]) -> None:
         try:
             await self._write([row])
+        except DataError as exc:
+            log.error("execution %s cannot be recorded: %s", row["id"], exc.orig)
+            return
         except IntegrityError:
             if row["task_id"] is None:
                 return
@@ -114,6 +128,8 @@ class ExecutionStore:
                     await driver.executemany(_PG_UPSERT, values)
             except asyncpg.IntegrityConstraintViolationError as exc:
                 raise IntegrityError(_PG_UPSERT, None, exc) from exc
+            except asyncpg.DataError as exc:
+                raise DataError(_PG_UPSERT, None, exc) from exc
 
     async def get(self, app: str, execution_id: str) -> Execution | None:
         async with AsyncSession(self.engine) as session:
