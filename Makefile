@@ -10,8 +10,8 @@ install:
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 
 lint: install
-	$(BIN)/ruff check agentsched tests bench
-	$(BIN)/ruff format --check agentsched
+	$(BIN)/ruff check agentsched tests bench apps
+	$(BIN)/ruff format --check agentsched apps
 
 typecheck: install
 	$(BIN)/mypy

@@ -15,6 +15,6 @@ fi
 
 bash scripts/services.sh
 
-.venv/bin/ruff check agentsched tests bench
+.venv/bin/ruff check agentsched tests bench apps
 .venv/bin/mypy
 exec .venv/bin/pytest "$@"

@@ -1,0 +1,1 @@
+"""aiops-bot: watches the platform's apps and raises alerts on the event bus."""

@@ -1,0 +1,1 @@
+"""email-agent: reads a maildir, writes digests and notifications to an outbox."""

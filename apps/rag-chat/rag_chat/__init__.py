@@ -1,0 +1,1 @@
+"""rag-chat: answers questions from the pages the scraper publishes (BM25 retrieval)."""

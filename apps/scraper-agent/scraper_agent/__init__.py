@@ -1,0 +1,1 @@
+"""scraper-agent: fetches web pages and publishes what it found on the event bus."""
