@@ -23,4 +23,4 @@ USER agentsched
 
 EXPOSE 8000
 # compose.yaml sets the command; alone, the image serves the scheduler API of AGENTSCHED_APP.
-CMD ["uvicorn", "agentsched.api:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["uvicorn", "agentsched.api:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "5"]

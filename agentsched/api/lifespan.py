@@ -1,0 +1,111 @@
+"""Setting up the router's connections in an app: `scheduler_lifespan`, `agentsched_context`.
+
+Either one opens a `Runtime` (Redis and the database), imports
+`AGENTSCHED_TASK_MODULES`, loads the app's tasks file(s), starts a `Recorder` (so
+executions enqueued through the API reach SQL even when no worker runs) and puts the
+state on `app.state.agentsched`, where the router finds it. Everything is closed in
+reverse order on the way out.
+
+Use it as the app's lifespan::
+
+    app = FastAPI(lifespan=scheduler_lifespan())
+    app.include_router(scheduler_router, prefix="/api/scheduler")
+
+or inside a lifespan of your own::
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with agentsched_context(app):
+            ...  # your own start-up
+            yield
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from agentsched.api.deps import STATE_ATTR, ApiState
+from agentsched.errors import AgentschedError
+from agentsched.queue import TaskQueue
+from agentsched.recorder import Recorder
+from agentsched.registry import import_task_modules
+from agentsched.runtime import Runtime
+from agentsched.scheduler import Scheduler, load_tasks_files
+from agentsched.settings import Settings, get_settings
+
+log = logging.getLogger("agentsched.api")
+
+
+@asynccontextmanager
+async def agentsched_context(
+    app: Any,
+    settings: Settings | None = None,
+    *,
+    tasks_files: Sequence[str] | None = None,
+    record: bool = True,
+) -> AsyncIterator[ApiState]:
+    """Open agentsched for `app` (a FastAPI or Starlette app) and yield its state.
+
+    `settings` default to `get_settings()` (the `AGENTSCHED_*` environment), read
+    here, not at import. `tasks_files` defaults to `settings.tasks_file`; pass `[]`
+    to load none. `record=False` skips the recorder (when workers do all recording).
+    A configuration or connection problem raises one `AgentschedError` line.
+    """
+    try:
+        settings = settings or get_settings()
+        import_task_modules(settings.task_modules)
+        runtime = await Runtime(settings).open()
+    except AgentschedError as exc:
+        log.error("agentsched: %s", exc)
+        raise
+    recorder: Recorder | None = None
+    try:
+        files = list(settings.tasks_file if tasks_files is None else tasks_files)
+        if files:
+            await load_tasks_files(runtime, files)
+        if record:
+            recorder = Recorder(
+                runtime.redis, runtime.executions, runtime.tracker().keys.records,
+                batch=settings.record_batch,
+            )  # fmt: skip
+            recorder.start()
+        state = ApiState(
+            settings=settings,
+            runtime=runtime,
+            queue=TaskQueue(runtime=runtime),
+            scheduler=Scheduler(runtime),
+            recorder=recorder,
+        )
+        setattr(app.state, STATE_ATTR, state)
+        try:
+            yield state
+        finally:
+            if getattr(app.state, STATE_ATTR, None) is state:
+                delattr(app.state, STATE_ATTR)
+    except AgentschedError as exc:
+        log.error("agentsched: %s", exc)
+        raise
+    finally:
+        if recorder is not None:
+            await recorder.stop()
+        await runtime.close()
+
+
+def scheduler_lifespan(
+    settings: Settings | None = None, *, tasks_files: Sequence[str] | None = None
+) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A lifespan for `FastAPI(lifespan=...)` that runs `agentsched_context` for the app.
+
+    `settings` and `tasks_files` as in `agentsched_context`; with no settings the
+    environment is read when the app starts.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        async with agentsched_context(app, settings, tasks_files=tasks_files):
+            yield
+
+    return lifespan
