@@ -111,8 +111,12 @@ class Subscription:
             await self._reader.open()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._ack_last = exc_type is None
         await self.aclose()
 
@@ -131,10 +135,18 @@ class EventBus:
     in another group than the agent's, ``consumer`` for a fixed consumer name.
     """
 
-    def __init__(self, agent: str | None = None, *, settings: Settings | None = None,
-                 redis: Redis | None = None, group: str | None = None,
-                 consumer: str | None = None, visibility_timeout: float = 30.0,
-                 max_deliveries: int = 5, block_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        agent: str | None = None,
+        *,
+        settings: Settings | None = None,
+        redis: Redis | None = None,
+        group: str | None = None,
+        consumer: str | None = None,
+        visibility_timeout: float = 30.0,
+        max_deliveries: int = 5,
+        block_ms: int = 1000,
+    ) -> None:
         self.settings = settings or get_settings()
         self.agent = check_name("agent", agent or self.settings.app)
         self.group = check_name("group", group or self.agent)
@@ -209,8 +221,13 @@ class EventBus:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    async def publish(self, event_type: str, payload: dict[str, Any] | None = None, *,
-                      target_agent: str | None = None) -> EventMessage:
+    async def publish(
+        self,
+        event_type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        target_agent: str | None = None,
+    ) -> EventMessage:
         """Append an event to the stream; ``target_agent=None`` broadcasts it to every app.
 
         Raises `InvalidEvent` naming the field (nothing is written) for a bad event type or
@@ -224,9 +241,14 @@ class EventBus:
             payload = {}
         elif not isinstance(payload, dict):
             raise InvalidEvent("payload", f"must be a JSON object, not {type(payload).__name__}")
-        values = {"id": f"{self._id_base}{next(self._id_seq):012x}", "event_type": event_type,
-                  "source_agent": self.agent, "target_agent": target_agent,
-                  "payload": payload, "created_at": datetime.now(UTC)}
+        values = {
+            "id": f"{self._id_base}{next(self._id_seq):012x}",
+            "event_type": event_type,
+            "source_agent": self.agent,
+            "target_agent": target_agent,
+            "payload": payload,
+            "created_at": datetime.now(UTC),
+        }
         try:
             data = orjson.dumps(values)
         except TypeError as exc:  # only the payload can hold a non-JSON value
@@ -236,7 +258,8 @@ class EventBus:
             raise InvalidEvent("payload", f"is {size} bytes as JSON, over the limit of {limit}")
         try:  # XADD spelled out: redis-py's xadd() costs a few microseconds more per call
             sid = await self._client().execute_command(  # type: ignore[no-untyped-call]
-                "XADD", self.stream, "MAXLEN", "~", self.settings.event_maxlen, "*", "data", data)
+                "XADD", self.stream, "MAXLEN", "~", self.settings.event_maxlen, "*", "data", data
+            )
         except TRANSIENT as exc:
             raise self._unavailable(exc) from None
         return EventMessage.trusted(values, to_str(sid))
@@ -287,8 +310,9 @@ class EventBus:
                         done = item[0]
                     delay = 0.1
                 except Exception as exc:  # keep listening through Redis trouble
-                    log.warning("event bus listener of %r: %s; retrying in %.1fs",
-                                self.group, exc, delay)
+                    log.warning(
+                        "event bus listener of %r: %s; retrying in %.1fs", self.group, exc, delay
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
         finally:
@@ -300,15 +324,20 @@ class EventBus:
             if not match(event.event_type):
                 continue
             try:
-                result = await handler(event) if is_async else await asyncio.to_thread(
-                    handler, event)
+                result = (
+                    await handler(event) if is_async else await asyncio.to_thread(handler, event)
+                )
                 if inspect.isawaitable(result):
                     await result
             except Exception as exc:
                 ok = False
-                log.warning("event bus: handler %s failed on %s %s (%r); left for redelivery",
-                            getattr(handler, "__qualname__", handler), event.event_type,
-                            event.stream_id, exc)
+                log.warning(
+                    "event bus: handler %s failed on %s %s (%r); left for redelivery",
+                    getattr(handler, "__qualname__", handler),
+                    event.event_type,
+                    event.stream_id,
+                    exc,
+                )
         return ok
 
     def tail(self, *patterns: str, from_id: str = "$") -> AsyncIterator[EventMessage]:
@@ -318,21 +347,22 @@ class EventBus:
         return self._flatten(self.tail_batches(*patterns, from_id=from_id))
 
     @staticmethod
-    async def _flatten(batches: AsyncIterator[list[EventMessage]]) -> AsyncIterator[
-            EventMessage]:
+    async def _flatten(batches: AsyncIterator[list[EventMessage]]) -> AsyncIterator[EventMessage]:
         async for batch in batches:
             for event in batch:
                 yield event
 
-    def tail_batches(self, *patterns: str, from_id: str = "$", block_ms: int | None = None
-                     ) -> AsyncIterator[list[EventMessage]]:
+    def tail_batches(
+        self, *patterns: str, from_id: str = "$", block_ms: int | None = None
+    ) -> AsyncIterator[list[EventMessage]]:
         """`tail` one read at a time: a list per XREAD, empty each time ``block_ms`` passed
         without events (so a caller can send keepalives). Bad arguments raise here."""
         check_stream_id("from_id", from_id)
         return self._tail(matcher(patterns), from_id, block_ms or self.block_ms)
 
-    async def _tail(self, match: Callable[[str], bool], last: str,
-                    block_ms: int) -> AsyncIterator[list[EventMessage]]:
+    async def _tail(
+        self, match: Callable[[str], bool], last: str, block_ms: int
+    ) -> AsyncIterator[list[EventMessage]]:
         if last == "$":  # pin "now" to an id: a later `$` would skip events between reads
             try:
                 newest = await self._client().xrevrange(self.stream, count=1)
@@ -361,8 +391,7 @@ class EventBus:
                     batch.append(event)
             yield batch
 
-    async def dead_letters(self, limit: int = 100, *, group: str | None = None
-                           ) -> list[DeadLetter]:
+    async def dead_letters(self, limit: int = 100, *, group: str | None = None) -> list[DeadLetter]:
         """The newest dead letters first, optionally only those of one group."""
         found: list[DeadLetter] = []
         top = "+"
@@ -390,8 +419,7 @@ class EventBus:
             raise InvalidEvent("entry_id", f"dead letter {entry_id} holds no valid event")
         event = letter.event.model_copy(update={"target_agent": letter.agent or letter.group})
         pipe = self._client().pipeline(transaction=True)
-        pipe.xadd(self.stream, {"data": event.model_dump_json()},
-                  maxlen=self.settings.event_maxlen)
+        pipe.xadd(self.stream, {"data": event.model_dump_json()}, maxlen=self.settings.event_maxlen)
         pipe.xdel(self.dead_stream, entry_id)
         sid, _ = await pipe.execute()
         event._stream_id = to_str(sid)

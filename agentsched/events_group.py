@@ -120,8 +120,12 @@ class GroupReader:
                 # Redis 7 answers UNBLOCKED to a reader blocked on a key that was deleted.
                 if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
-                log.warning("event bus: group %r of %s vanished; re-creating it after %s",
-                            self._group, self._key, self._last_id)
+                log.warning(
+                    "event bus: group %r of %s vanished; re-creating it after %s",
+                    self._group,
+                    self._key,
+                    self._last_id,
+                )
                 self.acks.clear()
                 self._lost = True
             except TRANSIENT as exc:
@@ -164,8 +168,9 @@ class GroupReader:
             self._next_claim = 0.0  # more may be waiting
         pipe = self._r.pipeline(transaction=False)
         for pending in idle:
-            pipe.xclaim(self._key, self._group, self._consumer, self._vt_ms,
-                        [pending["message_id"]])
+            pipe.xclaim(
+                self._key, self._group, self._consumer, self._vt_ms, [pending["message_id"]]
+            )
         replies = await pipe.execute()
         live, dead, gone, counts = [], [], [], {}
         for pending, reply in zip(idle, replies, strict=True):
@@ -208,14 +213,24 @@ class GroupReader:
         pipe = self._r.pipeline(transaction=True)
         for sid, fields, reason, deliveries in items:
             entry: dict[Any, Any] = {to_str(k): v for k, v in fields.items()}
-            entry.update(group=self._group, agent=self._bus.agent, reason=reason,
-                         deliveries=deliveries, original_id=sid)
+            entry.update(
+                group=self._group,
+                agent=self._bus.agent,
+                reason=reason,
+                deliveries=deliveries,
+                original_id=sid,
+            )
             pipe.xadd(self._bus.dead_stream, entry, maxlen=self._bus.settings.event_maxlen)
         pipe.xack(self._key, self._group, *(item[0] for item in items))
         await pipe.execute()
         for sid, _, reason, _ in items:
-            log.warning("event bus: %s moved to %s by group %r: %s",
-                        sid, self._bus.dead_stream, self._group, reason)
+            log.warning(
+                "event bus: %s moved to %s by group %r: %s",
+                sid,
+                self._bus.dead_stream,
+                self._group,
+                reason,
+            )
 
     async def _sync(self, renew: bool) -> None:
         """Flush acks; with `renew`, keep the lease on buffered events nobody took over."""
@@ -247,10 +262,10 @@ class GroupReader:
                 pipe.xack(self._key, self._group, *self.acks)
             if self._buf:  # idle = the visibility timeout: claimable by the others at once
                 ids: list[Any] = [sid for sid, _ in self._buf]
-                pipe.xclaim(self._key, self._group, self._consumer, 0, ids,
-                            idle=self._vt_ms, justid=True)
-            pipe.xpending_range(self._key, self._group, "-", "+", 1,
-                                consumername=self._consumer)
+                pipe.xclaim(
+                    self._key, self._group, self._consumer, 0, ids, idle=self._vt_ms, justid=True
+                )
+            pipe.xpending_range(self._key, self._group, "-", "+", 1, consumername=self._consumer)
             replies = await pipe.execute()
             if self._temporary and not replies[-1]:
                 await self._r.xgroup_delconsumer(self._key, self._group, self._consumer)

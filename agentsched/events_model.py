@@ -132,8 +132,12 @@ def to_dead_letter(entry_id: str, fields: dict[Any, Any]) -> DeadLetter:
     get = {to_str(k): to_str(v) for k, v in fields.items()}.get
     event, deliveries = decode(fields), get("deliveries", "")
     return DeadLetter(
-        entry_id=entry_id, original_id=get("original_id", ""), group=get("group", ""),
-        agent=get("agent"), reason=get("reason", ""),
+        entry_id=entry_id,
+        original_id=get("original_id", ""),
+        group=get("group", ""),
+        agent=get("agent"),
+        reason=get("reason", ""),
         deliveries=int(deliveries) if deliveries.isdigit() else 0,
-        data=get("data"), event=None if isinstance(event, str) else event,
+        data=get("data"),
+        event=None if isinstance(event, str) else event,
     )

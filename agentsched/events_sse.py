@@ -13,8 +13,9 @@ from agentsched.events import EventBus
 from agentsched.events_model import EventMessage
 
 
-def sse_stream(bus: EventBus, patterns: Iterable[str] = (), from_id: str = "$", *,
-               keepalive: float = 15.0) -> AsyncIterator[str]:
+def sse_stream(
+    bus: EventBus, patterns: Iterable[str] = (), from_id: str = "$", *, keepalive: float = 15.0
+) -> AsyncIterator[str]:
     """``text/event-stream`` chunks of the events whose type matches `patterns` (none: all).
 
     Each event is one frame ``id: <stream entry id>``, ``event: <event_type>``,

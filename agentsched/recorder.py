@@ -21,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from agentsched.db.executions import ExecutionStore
-from agentsched.records import from_redis, to_row
+from agentsched.records import snapshot_row
 from agentsched.serialization import loads
 
 log = logging.getLogger("agentsched.recorder")
@@ -61,21 +61,23 @@ class Recorder:
                 raise
 
     async def _write(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        # Only the newest snapshot of each execution in the batch is written.
-        newest: dict[str, dict[str, str]] = {}
+        # Only the newest snapshot of each execution in the batch is decoded and written
+        # (entries carry id `i` and seq `q` beside the JSON snapshot `s`).
+        newest: dict[bytes, tuple[int, bytes]] = {}
         for _entry_id, fields in entries:
             try:
-                snapshot = loads(fields[b"s"])
-                seen = newest.get(snapshot["id"])
-                if seen is None or int(seen["seq"]) < int(snapshot["seq"]):
-                    newest[snapshot["id"]] = snapshot
-            except (KeyError, ValueError, TypeError) as exc:
-                log.warning("dropping malformed execution snapshot: %r", exc)
+                key, seq = fields[b"i"], int(fields[b"q"])
+            except (KeyError, ValueError):
+                log.warning("dropping malformed execution snapshot %r", _entry_id)
+                continue
+            seen = newest.get(key)
+            if seen is None or seen[0] < seq:
+                newest[key] = (seq, fields.get(b"s", b""))
         rows: list[dict[str, Any]] = []
-        for snapshot in newest.values():
+        for _seq, snapshot in newest.values():
             try:
-                rows.append(to_row(from_redis(snapshot)))
-            except (KeyError, ValueError) as exc:
+                rows.append(snapshot_row(loads(snapshot)))
+            except (KeyError, ValueError, TypeError) as exc:
                 log.warning("dropping malformed execution snapshot: %r", exc)
         if rows:
             await self.store.upsert_many(rows)

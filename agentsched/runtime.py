@@ -22,7 +22,9 @@ from agentsched.tracking import Tracker
 
 async def open_redis(url: str) -> aioredis.Redis:
     """A connected client; `ServiceUnavailable` naming the masked URL if Redis is down."""
-    client: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        url, socket_connect_timeout=5, health_check_interval=30
+    )
     try:
         await client.ping()
     except Exception as exc:

@@ -18,7 +18,7 @@ local function emit(xkey, records, events, maxlen, now_ms, event_type, ttl_ms)
   local h = {}
   for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
   -- One JSON field per entry: the recorder decodes it in C instead of field by field.
-  redis.call('XADD', records, '*', 's', cjson.encode(h))
+  redis.call('XADD', records, '*', 'i', h['id'], 'q', seq, 's', cjson.encode(h))
   local payload = {
     execution_id = h['id'], ['function'] = h['function'], app = h['app'],
     status = h['status'], attempt = tonumber(h['attempt']),

@@ -44,6 +44,10 @@ _START = """
 local xkey, records, events, lease, running = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, now, maxlen, keep, lease_ms, worker, attempt = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   ARGV[5], ARGV[6], ARGV[7]
+if attempt == '' then
+  -- Sent inside arq's own fetch transaction, right after its INCR of the try counter.
+  attempt = redis.call('GET', 'arq:retry:' .. id) or '1'
+end
 local status = redis.call('HGET', xkey, 'status')
 if not status then
   -- A job written to arq's keys without agentsched: the caller sends its details.
@@ -153,6 +157,8 @@ _OUTSIDE = """
 local xkey, records, events = KEYS[1], KEYS[2], KEYS[3]
 local id, now, maxlen, keep, new, err, kind = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
   ARGV[6], ARGV[7]
+redis.call('DEL', ARGV[14])
+redis.call('SREM', ARGV[15], id)
 local status = redis.call('HGET', xkey, 'status')
 if status and TERMINAL[status] then return status end
 if not status then
@@ -298,6 +304,56 @@ class Tracker:
             result = _text(await self._start(keys=keys, args=[*common, attempt, *details]))
         return result
 
+    def start_command(self, execution_id: str, worker: str) -> tuple[Any, ...]:
+        """The start script as a raw command, to ride in arq's fetch transaction."""
+        k = self.keys
+        keys = [k.execution(execution_id), k.records, k.events, k.lease(execution_id), k.running]
+        args = [execution_id, now_ms(), self._maxlen, self._keep_ms, self._lease_ms, worker, ""]
+        return ("EVALSHA", self._start.sha, len(keys), *keys, *args)
+
+    def finish_command(
+        self,
+        execution_id: str,
+        status: str,
+        *,
+        result: Any = None,
+        error: str = "",
+        error_kind: str = "",
+        next_attempt: int = 0,
+    ) -> tuple[Any, ...]:
+        """The finish script as a raw command (see `finish`)."""
+        k = self.keys
+        encoded = (
+            (result if isinstance(result, Encoded) else dumps_str(result))
+            if status == "success"
+            else ""
+        )
+        keys = [k.execution(execution_id), k.records, k.events, k.lease(execution_id), k.running]
+        args = [
+            execution_id,
+            now_ms(),
+            self._maxlen,
+            self._keep_ms,
+            status,
+            encoded,
+            error,
+            error_kind,
+            next_attempt,
+        ]
+        return ("EVALSHA", self._finish.sha, len(keys), *keys, *args)
+
+    async def run_command(self, command: tuple[Any, ...]) -> str:
+        """Run a command from `start_command`/`finish_command` on its own."""
+        script = self._start if command[1] == self._start.sha else self._finish
+        count = command[2]
+        keys, args = command[3 : 3 + count], command[3 + count :]
+        return _text(await script(keys=list(keys), args=list(args)))
+
+    async def load_scripts(self) -> None:
+        """Load the worker's scripts, so EVALSHA inside arq's transactions finds them."""
+        for script in (self._start, self._finish):
+            await self.redis.script_load(script.script)
+
     async def finish(
         self,
         execution_id: str,
@@ -309,27 +365,15 @@ class Tracker:
         next_attempt: int = 0,
     ) -> str:
         """End an attempt: success/failed/cancelled, or back to queued (a retry)."""
-        k = self.keys
-        encoded = (
-            (result if isinstance(result, Encoded) else dumps_str(result))
-            if status == "success"
-            else ""
+        command = self.finish_command(
+            execution_id,
+            status,
+            result=result,
+            error=error,
+            error_kind=error_kind,
+            next_attempt=next_attempt,
         )
-        out = await self._finish(
-            keys=[k.execution(execution_id), k.records, k.events, k.lease(execution_id), k.running],
-            args=[
-                execution_id,
-                now_ms(),
-                self._maxlen,
-                self._keep_ms,
-                status,
-                encoded,
-                error,
-                error_kind,
-                next_attempt,
-            ],
-        )
-        return _text(out)
+        return await self.run_command(command)
 
     async def cancel(self, execution_id: str, *, force: bool = False) -> str:
         """'cancelled', 'cancelling' (a worker will stop it), 'missing' or the terminal status."""
@@ -388,6 +432,8 @@ class Tracker:
                 dumps_str(kwargs or {}),
                 enqueued_ms or now_ms(),
                 attempt,
+                k.lease(execution_id),
+                k.running,
             ],
         )
         return _text(out)

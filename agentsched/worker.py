@@ -25,7 +25,9 @@ from typing import Any, cast
 from arq.connections import RedisSettings
 from arq.jobs import DeserializationError, SerializationError
 from arq.worker import JobExecutionFailed, Retry, func
+from redis.asyncio import ConnectionPool
 
+from agentsched.arq_pool import RidingArqRedis, StatusRides
 from agentsched.errors import AgentschedError, ConfigError
 from agentsched.recorder import Recorder
 from agentsched.registry import TaskDef, import_task_modules, registered
@@ -64,6 +66,7 @@ class JobRunner:
         self._pending: set[asyncio.Task[Any]] = set()
         self._recorder: Recorder | None = None
         self._scheduler: SchedulerService | None = None
+        self.rides = StatusRides()
 
     # --- lifecycle -------------------------------------------------------------------
     async def startup(self, ctx: dict[str, Any]) -> None:
@@ -73,6 +76,9 @@ class JobRunner:
             logging.getLogger("arq.worker").setLevel(logging.WARNING)
         self.runtime = await Runtime(self.settings).open()
         self.tracker = self.runtime.tracker()
+        await self.tracker.load_scripts()
+        self.rides.tracker = self.tracker
+        self.rides.worker = self.worker_id
         self._recorder = Recorder(
             self.runtime.redis,
             self.runtime.executions,
@@ -152,16 +158,20 @@ class JobRunner:
         assert self.tracker is not None
         job_id: str = ctx["job_id"]
         attempt: int = ctx["job_try"]
-        status = await self.tracker.start(
-            job_id,
-            worker=self.worker_id,
-            attempt=attempt,
-            function=definition.name,
-            args=list(args),
-            kwargs=kwargs,
-            enqueued_ms=int(ctx["enqueue_time"].timestamp() * 1000),
-            max_tries=definition.max_tries,
-        )
+        # Normally the start script rode in arq's fetch of this job; a job enqueued
+        # around agentsched ('missing') sends its details in a call of its own.
+        status = self.rides.started.pop(job_id, "missing")
+        if status == "missing":
+            status = await self.tracker.start(
+                job_id,
+                worker=self.worker_id,
+                attempt=attempt,
+                function=definition.name,
+                args=list(args),
+                kwargs=kwargs,
+                enqueued_ms=int(ctx["enqueue_time"].timestamp() * 1000),
+                max_tries=definition.max_tries,
+            )
         if status != "running":
             return None  # cancelled (or already finished) before it started
         self.running.add(job_id)
@@ -194,7 +204,8 @@ class JobRunner:
             )
         finally:
             self.running.discard(job_id)
-        await self.tracker.finish(job_id, "success", result=encoded)
+        # Rides in arq's finish transaction of this job, right after we return.
+        self.rides.finishes[job_id] = self.tracker.finish_command(job_id, "success", result=encoded)
         return None
 
     async def _failed(
@@ -212,11 +223,12 @@ class JobRunner:
                 delay,
                 error.splitlines()[0],
             )
-            outcome = await self.tracker.finish(
+            self.rides.finishes[job_id] = self.tracker.finish_command(
                 job_id, "queued", error=error, error_kind=kind.value, next_attempt=attempt + 1
             )
-            if outcome == "queued":
-                raise Retry(defer=delay)
+            # A finish that finds the execution cancelled meanwhile changes nothing, and
+            # the re-run's start script sees it cancelled and does not run it.
+            raise Retry(defer=delay)
             return None
         log.warning(
             "%s %s failed (%s) after %d attempt(s): %s",
@@ -226,7 +238,9 @@ class JobRunner:
             attempt,
             error.splitlines()[0],
         )
-        await self.tracker.finish(job_id, "failed", error=error, error_kind=kind.value)
+        self.rides.finishes[job_id] = self.tracker.finish_command(
+            job_id, "failed", error=error, error_kind=kind.value
+        )
         return None
 
     async def _interrupted(self, job_id: str, attempt: int) -> None:
@@ -258,6 +272,7 @@ class JobRunner:
 
     async def _record_arq_failure(self, data: dict[str, Any]) -> None:
         assert self.tracker is not None
+        self.rides.started.pop(str(data["id"]), None)
         exc = data.get("r")
         status, kind = "failed", ErrorKind.EXCEPTION
         message = f"{type(exc).__name__}: {exc}"
@@ -330,6 +345,13 @@ def build_worker_settings(settings: Settings | None = None) -> type:
         "functions": functions,
         "queue_name": runner_queue(settings),
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_pool": RidingArqRedis(
+            runner.rides,
+            connection_pool=ConnectionPool.from_url(settings.redis_url),
+            job_serializer=runner.serialize,
+            job_deserializer=runner.deserialize,
+            default_queue_name=runner_queue(settings),
+        ),
         "on_startup": runner.startup,
         "on_shutdown": runner.shutdown,
         "poll_delay": settings.poll_delay,

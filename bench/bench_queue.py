@@ -101,7 +101,11 @@ async def bench_tracked(n: int, settings: Settings) -> float:
         worker = create_worker(build_worker_settings(settings), burst=True, handle_signals=False)
         start = time.perf_counter()
         await worker.async_run()
+        ran = time.perf_counter() - start
         await worker.close()  # on_shutdown drains the recorder into SQL
+        print(
+            f"  (worker ran {ran:.2f}s, recorder drained {time.perf_counter() - start - ran:.2f}s)"
+        )
         async with runtime.engine.connect() as conn:
             done = await conn.scalar(
                 select(func.count())

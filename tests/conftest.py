@@ -62,7 +62,8 @@ async def delete_prefix(url: str, prefix: str) -> None:
         for key in [k for k in batch if k.startswith((prefix + "queue:").encode())]:
             for job_id in await client.zrange(key, 0, -1):
                 ident = job_id.decode()
-                batch += [f"arq:{kind}:{ident}".encode() for kind in ("job", "retry", "in-progress")]
+                kinds = ("job", "retry", "in-progress")
+                batch += [f"arq:{kind}:{ident}".encode() for kind in kinds]
         for i in range(0, len(batch), 500):
             await client.delete(*batch[i : i + 500])
     finally:

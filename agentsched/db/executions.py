@@ -15,7 +15,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from agentsched.db.models import TaskExecution
-from agentsched.records import Execution, from_row
+from agentsched.records import Execution, RawJSON, from_row
 
 log = logging.getLogger("agentsched.recorder")
 _UPDATABLE = [c.name for c in TaskExecution.__table__.columns if c.name != "id"]
@@ -49,16 +49,19 @@ def _pg_value(name: str, value: Any) -> Any:
     if value is None:
         return None
     if name in _PG_JSON:
-        return orjson.dumps(value).decode().replace("\\u0000", "\\ufffd")
+        text = value if isinstance(value, RawJSON) else orjson.dumps(value).decode()
+        return text.replace("\\u0000", "\\ufffd")
     if isinstance(value, str) and "\x00" in value:
         return value.replace("\x00", "\ufffd")
     return value
 
 
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: orjson.loads(str(v)) if isinstance(v, RawJSON) else v for k, v in row.items()}
+
+
 def _pg_row(row: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(
-        _pg_value(name, row[key]) for name, key in zip(_PG_COLUMNS, _PG_KEYS, strict=True)
-    )
+    return tuple(_pg_value(name, row[key]) for name, key in zip(_PG_COLUMNS, _PG_KEYS, strict=True))
 
 
 def _upsert(dialect: str) -> Any:
@@ -115,7 +118,7 @@ class ExecutionStore:
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         if self.engine.dialect.name != "postgresql":
             async with self.engine.begin() as conn:
-                await conn.execute(self._stmt, batch)
+                await conn.execute(self._stmt, [_decoded(row) for row in batch])
             return
         # asyncpg's executemany pipelines the whole batch in C; SQLAlchemy's generic
         # path costs more CPU per row than the worker spends running a no-op job.
