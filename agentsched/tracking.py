@@ -195,6 +195,11 @@ class Tracker:
         self._reap = redis.register_script(_PRELUDE + _REAP)
         self._outside = redis.register_script(_PRELUDE + _OUTSIDE)
 
+    def _job_keys(self, execution_id: str) -> list[str]:
+        """KEYS of the start and finish scripts."""
+        k = self.keys
+        return [k.execution(execution_id), k.records, k.events, k.lease(execution_id), k.running]
+
     async def enqueue(
         self,
         execution: Execution,
@@ -280,8 +285,7 @@ class Tracker:
         max_tries: int,
     ) -> str:
         """Mark running and take the lease; returns the status ('cancelled' = do not run)."""
-        k = self.keys
-        keys = [k.execution(execution_id), k.records, k.events, k.lease(execution_id), k.running]
+        keys = self._job_keys(execution_id)
         common: list[str | int] = [
             execution_id,
             now_ms(),
@@ -306,8 +310,7 @@ class Tracker:
 
     def start_command(self, execution_id: str, worker: str) -> tuple[Any, ...]:
         """The start script as a raw command, to ride in arq's fetch transaction."""
-        k = self.keys
-        keys = [k.execution(execution_id), k.records, k.events, k.lease(execution_id), k.running]
+        keys = self._job_keys(execution_id)
         args = [execution_id, now_ms(), self._maxlen, self._keep_ms, self._lease_ms, worker, ""]
         return ("EVALSHA", self._start.sha, len(keys), *keys, *args)
 
@@ -322,13 +325,12 @@ class Tracker:
         next_attempt: int = 0,
     ) -> tuple[Any, ...]:
         """The finish script as a raw command (see `finish`)."""
-        k = self.keys
         encoded = (
             (result if isinstance(result, Encoded) else dumps_str(result))
             if status == "success"
             else ""
         )
-        keys = [k.execution(execution_id), k.records, k.events, k.lease(execution_id), k.running]
+        keys = self._job_keys(execution_id)
         args = [
             execution_id,
             now_ms(),

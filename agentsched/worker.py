@@ -1,10 +1,11 @@
 """The arq worker: `arq agentsched.WorkerSettings`, built from the settings on demand.
 
 arq runs the jobs; agentsched wraps each registered task in `JobRunner.wrap`, which
-records start and end through `Tracker`, enforces the task's own timeout, retries
-with backoff via arq's `Retry`, and honours cancellation. Jobs arq ends without
-calling a task (unknown function, undecodable payload, expired, aborted before
-start) reach us through the result serializer hook and are recorded too.
+enforces the task's own timeout, retries with backoff via arq's `Retry`, and honours
+cancellation. The start and finish status scripts ride in arq's own fetch and finish
+transactions (`arq_pool.py`), so tracking adds no round trip per job. Jobs arq ends
+without calling a task (unknown function, undecodable payload, expired, aborted
+before start) reach us through the result serializer hook and are recorded too.
 Beside arq's poll loop each worker runs: lease renewal, recovery of jobs whose worker
 died (`Tracker.reap`), the SQL recorder and the scheduler loop.
 """
