@@ -1,5 +1,10 @@
 """arq's Redis pool, with agentsched's status scripts riding in arq's own transactions.
 
+arq claims a job with four round trips (WATCH the in-progress key, EXISTS, ZSCORE,
+then MULTI/PSETEX/EXEC). The pipelines of this pool answer that sequence with one
+script that checks and sets the in-progress key atomically, and hand arq the same
+answers; the MULTI/EXEC that follows is then already done.
+
 arq fetches a job (`GET arq:job:<id>`, `INCR arq:retry:<id>`, ...) and finishes it
 (`DEL ... arq:in-progress:<id> ...`) in MULTI/EXEC transactions of its own. The
 pipelines of this pool recognise those two by their commands and append one script
@@ -12,6 +17,7 @@ unchanged, and the runner falls back to sending its scripts itself.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,11 +28,24 @@ from redis.exceptions import NoScriptError
 
 from agentsched.tracking import Tracker
 
+_CLAIM = """
+local exists = redis.call('EXISTS', KEYS[1])
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if exists == 0 and score and tonumber(score) <= tonumber(ARGV[2]) then
+  redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+  return {0, score, 1}
+end
+return {exists, score or '', 0}
+"""
+
 
 class StatusRides:
     """What rides along: start results waiting for their job, finishes waiting for arq."""
 
-    def __init__(self) -> None:
+    def __init__(self, queue: str = "", in_progress_ms: int = 0) -> None:
+        # arq's in-progress TTL (its largest function timeout + 10 s) for the claim.
+        self.queue = queue
+        self.in_progress_ms = in_progress_ms
         self.tracker: Tracker | None = None
         self.worker = ""
         self.started: dict[str, str] = {}
@@ -63,8 +82,49 @@ class RidingPipeline(Pipeline):
     def __init__(self, rides: StatusRides, *args: Any) -> None:
         super().__init__(*args)
         self.rides = rides
+        self._claim: tuple[str, str] | None = None  # (in-progress key, job id)
+        self._claimed: tuple[int, float | None, bool] | None = None
+
+    async def watch(self, *names: Any) -> Any:  # type: ignore[override]
+        name = str(names[0]) if len(names) == 1 else ""
+        if self.rides.queue and name.startswith(in_progress_key_prefix):
+            self._claim = (name, name[len(in_progress_key_prefix) :])
+            return True
+        return await super().watch(*names)
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._claim is not None and not self.explicit_transaction:
+            if args[0] == "EXISTS":
+                return self._claim_exists()
+            if args[0] == "ZSCORE" and self._claimed is not None:
+                return self._claim_score()
+        return super().execute_command(*args, **kwargs)
+
+    async def _claim_exists(self) -> int:
+        assert self._claim is not None
+        key, job_id = self._claim
+        now = int(time.time() * 1000)
+        exists, score, claimed = await self.immediate_execute_command(  # type: ignore[no-untyped-call]
+            "EVAL", _CLAIM, 2, key, self.rides.queue, job_id, now, self.rides.in_progress_ms
+        )
+        self._claimed = (int(exists), float(score) if score else None, bool(claimed))
+        return int(exists)
+
+    async def _claim_score(self) -> float | None:
+        assert self._claimed is not None
+        return self._claimed[1]
+
+    async def reset(self) -> None:
+        self._claim = None
+        self._claimed = None
+        await super().reset()  # type: ignore[no-untyped-call]
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if self._claimed is not None and self._claimed[2]:
+            # arq's MULTI/PSETEX/EXEC after a claim the script already made.
+            size = len(self.command_stack)
+            await self.reset()
+            return [True] * size
         kind, job_id = self.rides.extra_for(self.command_stack)
         tracker = self.rides.tracker
         if not kind or tracker is None:

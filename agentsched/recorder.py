@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -51,6 +52,8 @@ class Recorder:
         self.claim_idle_ms = int(claim_idle * 1000)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._task: asyncio.Task[None] | None = None
+        self._next_claim = 0.0
+        self._claim_cursor: bytes | str = "0-0"
         self._stopping = False
 
     async def _ensure_group(self) -> None:
@@ -97,11 +100,21 @@ class Recorder:
             block=self.block_ms if block_ms is None else block_ms,
         )
         entries = response[0][1] if response else []
-        if not entries:
+        now = time.monotonic()
+        if not entries or now >= self._next_claim:
+            # On a timer too: a busy stream never reads empty, and a dead recorder's
+            # pending batch must not wait for a quiet moment.
+            self._next_claim = now + self.claim_idle_ms / 2000
             claimed = await self.redis.xautoclaim(
-                self.stream, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=self.batch
+                self.stream,
+                GROUP,
+                self.consumer,
+                self.claim_idle_ms,
+                self._claim_cursor,
+                count=self.batch,
             )
-            entries = [e for e in claimed[1] if e[1]]
+            self._claim_cursor = claimed[0] or "0-0"
+            entries = [*entries, *(e for e in claimed[1] if e[1])]
         if entries:
             await self._write(entries)
         return len(entries)

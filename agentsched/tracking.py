@@ -75,9 +75,15 @@ _FINISH = """
 local xkey, records, events, lease, running = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, now, maxlen, keep, new, result, err, kind, next_attempt = ARGV[1], ARGV[2], ARGV[3],
   ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local owner = ARGV[10] or ''
+local status = redis.call('HGET', xkey, 'status')
+if owner ~= '' and status == 'running' and redis.call('HGET', xkey, 'worker') ~= owner then
+  -- This worker lost the job to the reaper and another worker runs it now: the late
+  -- finish must not touch that run's lease or status.
+  return 'stale'
+end
 redis.call('DEL', lease)
 redis.call('SREM', running, id)
-local status = redis.call('HGET', xkey, 'status')
 if not status or TERMINAL[status] then return status or '' end
 if new == 'queued' then
   redis.call('HSET', xkey, 'status', 'queued', 'attempt', next_attempt, 'error', err,
@@ -104,6 +110,7 @@ if TERMINAL[status] then return status end
 if status == 'queued' or force == '1' then
   -- A worker that already claimed it finds the record cancelled and does not run it.
   redis.call('ZREM', queue, id)
+  redis.call('ZREM', abort, id)
   redis.call('DEL', job, retry)
   redis.call('HSET', xkey, 'status', 'cancelled', 'finished_at', now)
   emit(xkey, records, events, maxlen, now, 'task.cancelled', keep)
@@ -128,8 +135,13 @@ for _, id in ipairs(redis.call('SMEMBERS', running)) do
     if status and not TERMINAL[status] then
       local attempt = tonumber(redis.call('HGET', xkey, 'attempt') or '1')
       local max_tries = tonumber(redis.call('HGET', xkey, 'max_tries') or '1')
-      if redis.call('HGET', xkey, 'cancel_requested') == '1' or attempt >= max_tries then
+      -- A job arq already removed cannot run again: requeueing it would leave it queued
+      -- forever.
+      local gone = redis.call('EXISTS', 'arq:job:' .. id) == 0
+        or not redis.call('ZSCORE', queue, id)
+      if redis.call('HGET', xkey, 'cancel_requested') == '1' or attempt >= max_tries or gone then
         redis.call('ZREM', queue, id)
+        redis.call('ZREM', 'arq:abort', id)
         redis.call('DEL', 'arq:job:' .. id, 'arq:retry:' .. id)
         if redis.call('HGET', xkey, 'cancel_requested') == '1' then
           redis.call('HSET', xkey, 'status', 'cancelled', 'finished_at', now)
@@ -323,8 +335,13 @@ class Tracker:
         error: str = "",
         error_kind: str = "",
         next_attempt: int = 0,
+        worker: str = "",
     ) -> tuple[Any, ...]:
-        """The finish script as a raw command (see `finish`)."""
+        """The finish script as a raw command (see `finish`).
+
+        With `worker`, a finish from a worker that lost the job to the reaper (while
+        another worker runs it) changes nothing and returns 'stale'.
+        """
         encoded = (
             (result if isinstance(result, Encoded) else dumps_str(result))
             if status == "success"
@@ -341,6 +358,7 @@ class Tracker:
             error,
             error_kind,
             next_attempt,
+            worker,
         ]
         return ("EVALSHA", self._finish.sha, len(keys), *keys, *args)
 
@@ -365,6 +383,7 @@ class Tracker:
         error: str = "",
         error_kind: str = "",
         next_attempt: int = 0,
+        worker: str = "",
     ) -> str:
         """End an attempt: success/failed/cancelled, or back to queued (a retry)."""
         command = self.finish_command(
@@ -374,6 +393,7 @@ class Tracker:
             error=error,
             error_kind=error_kind,
             next_attempt=next_attempt,
+            worker=worker,
         )
         return await self.run_command(command)
 

@@ -206,7 +206,9 @@ class JobRunner:
         finally:
             self.running.discard(job_id)
         # Rides in arq's finish transaction of this job, right after we return.
-        self.rides.finishes[job_id] = self.tracker.finish_command(job_id, "success", result=encoded)
+        self.rides.finishes[job_id] = self.tracker.finish_command(
+            job_id, "success", result=encoded, worker=self.worker_id
+        )
         return None
 
     async def _failed(
@@ -225,7 +227,12 @@ class JobRunner:
                 error.splitlines()[0],
             )
             self.rides.finishes[job_id] = self.tracker.finish_command(
-                job_id, "queued", error=error, error_kind=kind.value, next_attempt=attempt + 1
+                job_id,
+                "queued",
+                error=error,
+                error_kind=kind.value,
+                next_attempt=attempt + 1,
+                worker=self.worker_id,
             )
             # A finish that finds the execution cancelled meanwhile changes nothing, and
             # the re-run's start script sees it cancelled and does not run it.
@@ -240,28 +247,40 @@ class JobRunner:
             error.splitlines()[0],
         )
         self.rides.finishes[job_id] = self.tracker.finish_command(
-            job_id, "failed", error=error, error_kind=kind.value
+            job_id, "failed", error=error, error_kind=kind.value, worker=self.worker_id
         )
         return None
 
     async def _interrupted(self, job_id: str, attempt: int) -> None:
-        """The coroutine was cancelled: by a user's cancel, or by a worker shutdown."""
+        """The coroutine was cancelled: by a user's cancel, or by a worker shutdown.
+
+        Never raises: the caller re-raises the CancelledError, which arq relies on.
+        """
         assert self.tracker is not None
         tracker = self.tracker
-        requested = await tracker.redis.hget(tracker.keys.execution(job_id), "cancel_requested")  # type: ignore[misc]
-        if requested == b"1":
-            await asyncio.shield(tracker.finish(job_id, "cancelled", error="", error_kind=""))
-        else:
-            # arq re-runs a job cancelled by a shutdown; record it as queued again.
-            await asyncio.shield(
-                tracker.finish(
+        try:
+            key = tracker.keys.execution(job_id)
+            requested = await tracker.redis.hget(key, "cancel_requested")  # type: ignore[misc]
+            if requested == b"1":
+                ending = tracker.finish(job_id, "cancelled", worker=self.worker_id)
+            else:
+                # arq re-runs a job cancelled by a shutdown; record it as queued again.
+                ending = tracker.finish(
                     job_id,
                     "queued",
                     error="WorkerShutdown",
                     error_kind=ErrorKind.WORKER_LOST.value,
                     next_attempt=attempt + 1,
+                    worker=self.worker_id,
                 )
-            )
+            await asyncio.shield(ending)
+        except Exception as exc:  # the reaper settles it when the lease runs out
+            log.error("cannot record the interruption of job %s: %s", job_id, exc)
+
+    async def after_job(self, ctx: dict[str, Any]) -> None:
+        """arq's after_job_end: settle a job arq cancelled before its coroutine began."""
+        if self.rides.started.pop(ctx["job_id"], None) == "running":
+            await self._interrupted(ctx["job_id"], ctx["job_try"])
 
     # --- arq's own endings, seen through the serializer --------------------------------
     def serialize(self, data: dict[str, Any]) -> bytes:
@@ -333,6 +352,12 @@ def build_worker_settings(settings: Settings | None = None) -> type:
     if not tasks:
         raise ConfigError("AGENTSCHED_TASK_MODULES: no @task functions registered")
     runner = JobRunner(settings)
+    # arq's in-progress TTL: its largest function timeout plus 10 s.
+    runner.rides.queue = runner_queue(settings)
+    runner.rides.in_progress_ms = int(
+        (max((d.timeout or settings.job_timeout) for d in tasks.values()) + TIMEOUT_MARGIN + 10)
+        * 1000
+    )
     functions = [
         func(
             cast(Any, runner.wrap(d)),
@@ -355,6 +380,7 @@ def build_worker_settings(settings: Settings | None = None) -> type:
         ),
         "on_startup": runner.startup,
         "on_shutdown": runner.shutdown,
+        "after_job_end": runner.after_job,
         "poll_delay": settings.poll_delay,
         "max_jobs": settings.max_jobs,
         "job_timeout": settings.job_timeout + TIMEOUT_MARGIN,

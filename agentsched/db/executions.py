@@ -173,6 +173,9 @@ class ExecutionStore:
             .offset(offset)
         )
         async with AsyncSession(self.engine) as session:
+            if self.engine.dialect.name == "postgresql":
+                # The page and its total from one snapshot, while recorders write.
+                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             rows = (await session.scalars(query)).all()
             total = await session.scalar(
                 select(func.count()).select_from(TaskExecution).where(*where)
