@@ -17,6 +17,7 @@ unchanged, and the runner falls back to sending its scripts itself.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,7 +29,7 @@ from redis.exceptions import NoScriptError
 
 from agentsched.tracking import Tracker
 
-_CLAIM = """
+CLAIM = """
 local exists = redis.call('EXISTS', KEYS[1])
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if exists == 0 and score and tonumber(score) <= tonumber(ARGV[2]) then
@@ -37,6 +38,7 @@ if exists == 0 and score and tonumber(score) <= tonumber(ARGV[2]) then
 end
 return {exists, score or '', 0}
 """
+CLAIM_SHA = hashlib.sha1(CLAIM.encode()).hexdigest()
 
 
 class StatusRides:
@@ -104,9 +106,13 @@ class RidingPipeline(Pipeline):
         assert self._claim is not None
         key, job_id = self._claim
         now = int(time.time() * 1000)
-        exists, score, claimed = await self.immediate_execute_command(  # type: ignore[no-untyped-call]
-            "EVAL", _CLAIM, 2, key, self.rides.queue, job_id, now, self.rides.in_progress_ms
-        )
+        args = (2, key, self.rides.queue, job_id, now, self.rides.in_progress_ms)
+        run: Any = self.immediate_execute_command
+        try:
+            reply = await run("EVALSHA", CLAIM_SHA, *args)
+        except NoScriptError:  # Redis restarted: EVAL loads it again
+            reply = await run("EVAL", CLAIM, *args)
+        exists, score, claimed = reply
         self._claimed = (int(exists), float(score) if score else None, bool(claimed))
         return int(exists)
 

@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from arq.jobs import serialize_job
 
+from agentsched.errors import ConfigError
 from agentsched.keys import Keys
 from agentsched.records import Execution, from_redis
 from agentsched.serialization import dumps, dumps_str, now_ms
@@ -40,10 +41,12 @@ emit(xkey, records, events, maxlen, now, 'task.queued', keep)
 return {1, id}
 """
 
+# The start and finish scripts run once per job, inside arq's transactions: their
+# per-app constants (C) are part of the script text, so a call carries only the job's.
 _START = """
-local xkey, records, events, lease, running = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local id, now, maxlen, keep, lease_ms, worker, attempt = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
-  ARGV[5], ARGV[6], ARGV[7]
+local id, now, worker, attempt = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local xkey, records, events, running = KEYS[1], C.records, C.events, C.running
+local lease, maxlen, keep, lease_ms = C.lease_prefix .. id, C.maxlen, C.keep, C.lease_ms
 if attempt == '' then
   -- Sent inside arq's own fetch transaction, right after its INCR of the try counter.
   attempt = redis.call('GET', 'arq:retry:' .. id) or '1'
@@ -51,9 +54,9 @@ end
 local status = redis.call('HGET', xkey, 'status')
 if not status then
   -- A job written to arq's keys without agentsched: the caller sends its details.
-  if #ARGV < 13 then return 'missing' end
-  redis.call('HSET', xkey, 'id', id, 'app', ARGV[8], 'function', ARGV[9], 'args', ARGV[10],
-    'kwargs', ARGV[11], 'metadata', '{}', 'enqueued_at', ARGV[12], 'max_tries', ARGV[13])
+  if #ARGV < 10 then return 'missing' end
+  redis.call('HSET', xkey, 'id', id, 'app', ARGV[5], 'function', ARGV[6], 'args', ARGV[7],
+    'kwargs', ARGV[8], 'metadata', '{}', 'enqueued_at', ARGV[9], 'max_tries', ARGV[10])
 elseif TERMINAL[status] then
   return status
 end
@@ -72,10 +75,11 @@ return 'running'
 """
 
 _FINISH = """
-local xkey, records, events, lease, running = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local id, now, maxlen, keep, new, result, err, kind, next_attempt = ARGV[1], ARGV[2], ARGV[3],
-  ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local owner = ARGV[10] or ''
+local id, now, new, result, err, kind, next_attempt = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+  ARGV[5], ARGV[6], ARGV[7]
+local owner = ARGV[8] or ''
+local xkey, records, events, running = KEYS[1], C.records, C.events, C.running
+local lease, maxlen, keep = C.lease_prefix .. id, C.maxlen, C.keep
 local status = redis.call('HGET', xkey, 'status')
 if owner ~= '' and status == 'running' and redis.call('HGET', xkey, 'worker') ~= owner then
   -- This worker lost the job to the reaper and another worker runs it now: the late
@@ -201,16 +205,28 @@ class Tracker:
         self._keep_ms = str(int(settings.keep_result * 1000))
         self._lease_ms = str(int(settings.lease_seconds * 1000))
         self._enqueue = redis.register_script(_PRELUDE + _ENQUEUE)
-        self._start = redis.register_script(_PRELUDE + _START)
-        self._finish = redis.register_script(_PRELUDE + _FINISH)
+        consts = self._constants()
+        self._start = redis.register_script(_PRELUDE + consts + _START)
+        self._finish = redis.register_script(_PRELUDE + consts + _FINISH)
         self._cancel = redis.register_script(_PRELUDE + _CANCEL)
         self._reap = redis.register_script(_PRELUDE + _REAP)
         self._outside = redis.register_script(_PRELUDE + _OUTSIDE)
 
-    def _job_keys(self, execution_id: str) -> list[str]:
-        """KEYS of the start and finish scripts."""
+    def _constants(self) -> str:
         k = self.keys
-        return [k.execution(execution_id), k.records, k.events, k.lease(execution_id), k.running]
+        values = {
+            "records": k.records,
+            "events": k.events,
+            "running": k.running,
+            "lease_prefix": k.lease_prefix(),
+            "maxlen": self._maxlen,
+            "keep": self._keep_ms,
+            "lease_ms": self._lease_ms,
+        }
+        if any("]==]" in v for v in values.values()):
+            raise ConfigError("AGENTSCHED_REDIS_PREFIX: must not contain ']==]'")
+        fields = ", ".join(f"{name} = [==[{value}]==]" for name, value in values.items())
+        return f"local C = {{{fields}}}\n"
 
     async def enqueue(
         self,
@@ -297,15 +313,8 @@ class Tracker:
         max_tries: int,
     ) -> str:
         """Mark running and take the lease; returns the status ('cancelled' = do not run)."""
-        keys = self._job_keys(execution_id)
-        common: list[str | int] = [
-            execution_id,
-            now_ms(),
-            self._maxlen,
-            self._keep_ms,
-            self._lease_ms,
-            worker,
-        ]
+        keys = [self.keys.execution(execution_id)]
+        common: list[str | int] = [execution_id, now_ms(), worker]
         result = _text(await self._start(keys=keys, args=[*common, attempt]))
         if result == "missing":
             # Only jobs enqueued around agentsched pay for sending their details.
@@ -322,9 +331,8 @@ class Tracker:
 
     def start_command(self, execution_id: str, worker: str) -> tuple[Any, ...]:
         """The start script as a raw command, to ride in arq's fetch transaction."""
-        keys = self._job_keys(execution_id)
-        args = [execution_id, now_ms(), self._maxlen, self._keep_ms, self._lease_ms, worker, ""]
-        return ("EVALSHA", self._start.sha, len(keys), *keys, *args)
+        xkey = self.keys.execution(execution_id)
+        return ("EVALSHA", self._start.sha, 1, xkey, execution_id, now_ms(), worker, "")
 
     def finish_command(
         self,
@@ -347,19 +355,8 @@ class Tracker:
             if status == "success"
             else ""
         )
-        keys = self._job_keys(execution_id)
-        args = [
-            execution_id,
-            now_ms(),
-            self._maxlen,
-            self._keep_ms,
-            status,
-            encoded,
-            error,
-            error_kind,
-            next_attempt,
-            worker,
-        ]
+        keys = [self.keys.execution(execution_id)]
+        args = [execution_id, now_ms(), status, encoded, error, error_kind, next_attempt, worker]
         return ("EVALSHA", self._finish.sha, len(keys), *keys, *args)
 
     async def run_command(self, command: tuple[Any, ...]) -> str:

@@ -28,7 +28,7 @@ from arq.jobs import DeserializationError, SerializationError
 from arq.worker import JobExecutionFailed, Retry, func
 from redis.asyncio import ConnectionPool
 
-from agentsched.arq_pool import RidingArqRedis, StatusRides
+from agentsched.arq_pool import CLAIM, RidingArqRedis, StatusRides
 from agentsched.errors import AgentschedError, ConfigError
 from agentsched.recorder import Recorder
 from agentsched.registry import TaskDef, import_task_modules, registered
@@ -78,6 +78,7 @@ class JobRunner:
         self.runtime = await Runtime(self.settings).open()
         self.tracker = self.runtime.tracker()
         await self.tracker.load_scripts()
+        await self.tracker.redis.script_load(CLAIM)
         self.rides.tracker = self.tracker
         self.rides.worker = self.worker_id
         self._recorder = Recorder(

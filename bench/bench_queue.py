@@ -101,11 +101,7 @@ async def bench_tracked(n: int, settings: Settings) -> float:
         worker = create_worker(build_worker_settings(settings), burst=True, handle_signals=False)
         start = time.perf_counter()
         await worker.async_run()
-        ran = time.perf_counter() - start
         await worker.close()  # on_shutdown drains the recorder into SQL
-        print(
-            f"  (worker ran {ran:.2f}s, recorder drained {time.perf_counter() - start - ran:.2f}s)"
-        )
         async with runtime.engine.connect() as conn:
             done = await conn.scalar(
                 select(func.count())
@@ -197,13 +193,22 @@ async def main(args: argparse.Namespace) -> int:
     failures = 0
     try:
         print(f"== throughput: {args.jobs} no-op jobs, one worker, poll {POLL * 1000:.0f} ms")
-        raw = await bench_raw_arq(args.jobs, prefix + "rawq")
-        tracked = await bench_tracked(args.jobs, settings)
-        ok = tracked / raw >= 0.7
+        # Alternating rounds, median ratio: the machine is shared and load comes in bursts.
+        ratios = []
+        for round_ in range(args.rounds):
+            raw = await bench_raw_arq(args.jobs, prefix + "rawq")
+            tracked = await bench_tracked(
+                args.jobs, settings.model_copy(update={"app": f"bench{round_}"})
+            )
+            ratios.append(tracked / raw)
+            print(
+                f"round {round_ + 1}: raw arq {raw:6.0f} jobs/s, agentsched tracked "
+                f"{tracked:6.0f} jobs/s (rows success in PostgreSQL): {tracked / raw:.2f}x"
+            )
+        ratio = statistics.median(ratios)
+        ok = ratio >= 0.7
         failures += not ok
-        print(f"raw arq            {raw:8.0f} jobs/s")
-        print(f"agentsched tracked {tracked:8.0f} jobs/s (rows success in PostgreSQL)")
-        print(f"ratio {tracked / raw:.2f}x   target >= 0.70x   {verdict(ok)}")
+        print(f"median ratio {ratio:.2f}x   target >= 0.70x   {verdict(ok)}")
 
         print(f"== single awaited enqueue, {args.enqueues} sequential")
         raw_e, ours_e = await bench_enqueue(args.enqueues, settings, prefix + "rawq2")
@@ -229,6 +234,7 @@ async def main(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--enqueues", type=int, default=2_000)
     parser.add_argument("--latency-jobs", type=int, default=500)
     uvloop.install()
