@@ -1,4 +1,4 @@
-"""Opening the database: an async engine, tables created on start-up."""
+"""Opening the database: an async engine; tables created and migrated on start-up."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from agentsched.db.models import Base
+from agentsched.db.migrations import upgrade
 from agentsched.errors import ServiceUnavailable
 from agentsched.settings import mask_url
 
@@ -42,7 +42,7 @@ async def _create(engine: AsyncEngine, create_tables: bool) -> None:
             if engine.dialect.name == "postgresql":
                 # Several processes start at once; the lock makes them create in turn.
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
-            await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(upgrade)
         else:
             await conn.execute(text("SELECT 1"))
 

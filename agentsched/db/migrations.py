@@ -1,0 +1,63 @@
+"""Schema versions: tables created on start-up, later changes applied as numbered steps.
+
+A fresh database gets today's tables from the models and is stamped with the latest
+version. A database from an older release is brought forward one step at a time;
+`open_database` runs this under PostgreSQL's advisory lock, so several processes
+starting together apply each step once. A step must be safe to run on a database
+that already has its change (check first), because SQLite has no such lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+from sqlalchemy import Column, DateTime, Integer, MetaData, Table, inspect, select
+from sqlalchemy.engine import Connection
+
+from agentsched.db.models import Base, ScheduledTask
+
+_meta = MetaData()
+schema_versions = Table(
+    "agentsched_schema",
+    _meta,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def _due_index(conn: Connection) -> None:
+    """2: the scheduler tick's index on (app, enabled, next_run_at)."""
+    table = Base.metadata.tables[ScheduledTask.__tablename__]
+    for index in table.indexes:
+        if index.name == "ix_scheduled_tasks_due":
+            index.create(conn, checkfirst=True)
+
+
+# (version, step). Version 1 is the first release's tables, made by create_all.
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(2, _due_index)]
+LATEST = max([1, *(version for version, _ in MIGRATIONS)])
+
+
+def upgrade(conn: Connection) -> int:
+    """Create missing tables and apply pending steps; returns the schema version."""
+    existing = set(inspect(conn).get_table_names())
+    fresh = "task_executions" not in existing
+    Base.metadata.create_all(conn)
+    _meta.create_all(conn)
+    current = conn.execute(select(schema_versions.c.version)).scalars().all()
+    now = dt.datetime.now(dt.UTC)
+    if fresh and not current:
+        conn.execute(
+            schema_versions.insert(),
+            [{"version": v, "applied_at": now} for v in range(1, LATEST + 1)],
+        )
+        return LATEST
+    done = set(current) or {1}
+    if not current:
+        conn.execute(schema_versions.insert(), [{"version": 1, "applied_at": now}])
+    for version, step in MIGRATIONS:
+        if version not in done:
+            step(conn)
+            conn.execute(schema_versions.insert(), [{"version": version, "applied_at": now}])
+    return LATEST

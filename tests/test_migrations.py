@@ -1,0 +1,44 @@
+"""Schema versions: fresh databases are stamped, older ones are brought forward once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import inspect, select, text
+
+from agentsched.db.engine import open_database
+from agentsched.db.migrations import LATEST, schema_versions
+
+
+async def _versions_and_indexes(url: str) -> tuple[list[int], set[str]]:
+    engine = await open_database(url)
+    try:
+        async with engine.connect() as conn:
+            versions = list((await conn.execute(select(schema_versions.c.version))).scalars())
+            indexes = await conn.run_sync(
+                lambda c: {i["name"] for i in inspect(c).get_indexes("scheduled_tasks")}
+            )
+    finally:
+        await engine.dispose()
+    return sorted(versions), {name for name in indexes if name}
+
+
+async def test_fresh_database_is_stamped_latest(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/fresh.db"
+    versions, indexes = await _versions_and_indexes(url)
+    assert versions == list(range(1, LATEST + 1))
+    assert "ix_scheduled_tasks_due" in indexes
+
+
+async def test_database_of_the_first_release_is_migrated(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/old.db"
+    engine = await open_database(url)
+    async with engine.begin() as conn:  # make it look like release 1: no index, no versions
+        await conn.execute(text("DROP INDEX ix_scheduled_tasks_due"))
+        await conn.execute(text("DROP TABLE agentsched_schema"))
+    await engine.dispose()
+    versions, indexes = await _versions_and_indexes(url)
+    assert versions == list(range(1, LATEST + 1))
+    assert "ix_scheduled_tasks_due" in indexes
+    again, _ = await _versions_and_indexes(url)  # idempotent
+    assert again == versions
