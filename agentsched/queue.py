@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import redis.asyncio as aioredis
+from arq.constants import expires_extra_ms  # a job key lives one day past its due time
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentsched.errors import (
@@ -33,8 +34,6 @@ from agentsched.settings import Settings, get_settings
 from agentsched.status import TaskStatus
 from agentsched.tracking import Tracker
 
-# arq's default: a job key lives one day past its due time.
-JOB_TTL_EXTRA_MS = 86_400_000
 MAX_DELAY_S = 366 * 86_400
 _SCHEDULED_NS = uuid.UUID("6f1c9a1e-6a53-4c0f-9f43-0b8c1c6f6b1d")
 
@@ -183,7 +182,7 @@ class TaskQueue:
         created, ident = await self.tracker.enqueue(
             execution,
             score_ms=score,
-            job_ttl_ms=int(seconds * 1000) + JOB_TTL_EXTRA_MS,
+            job_ttl_ms=int(seconds * 1000) + expires_extra_ms,
             idempotency_key=idempotency_key,
         )
         if created:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from agentsched.serialization import from_ms, loads
@@ -41,9 +41,6 @@ class Execution:
     @property
     def is_terminal(self) -> bool:
         return self.status.is_terminal
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _json(value: str | None, default: Any) -> Any:
@@ -124,30 +121,6 @@ def snapshot_row(h: Mapping[str, str]) -> dict[str, Any]:
         "finished_at": from_ms(_int_ms(h.get("finished_at"))),
         "meta": RawJSON(h.get("metadata") or "{}"),
         "seq": int(h.get("seq", "0")),
-    }
-
-
-def to_row(execution: Execution) -> dict[str, Any]:
-    """The `task_executions` column values of an execution."""
-    return {
-        "id": execution.id,
-        "task_id": execution.task_id,
-        "app": execution.app,
-        "function": execution.function,
-        "status": execution.status.value,
-        "args": execution.args,
-        "kwargs": execution.kwargs,
-        "result": execution.result,
-        "error": execution.error,
-        "error_kind": execution.error_kind.value if execution.error_kind else None,
-        "attempt": execution.attempt,
-        "max_tries": execution.max_tries,
-        "scheduled_for": execution.scheduled_for,
-        "enqueued_at": execution.enqueued_at,
-        "started_at": execution.started_at,
-        "finished_at": execution.finished_at,
-        "meta": execution.metadata,
-        "seq": execution.seq,
     }
 
 

@@ -42,10 +42,6 @@ def check_json(field: str, value: Any) -> bytes:
         raise InvalidInput(field, f"must be JSON-serializable ({exc})") from None
 
 
-def to_ms(moment: dt.datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
 def from_ms(ms: int | str | None) -> dt.datetime | None:
     if ms in (None, "", b""):
         return None

@@ -30,10 +30,11 @@ from redis.asyncio import ConnectionPool
 
 from agentsched.arq_pool import CLAIM, RidingArqRedis, StatusRides
 from agentsched.errors import AgentschedError, ConfigError
+from agentsched.keys import Keys
 from agentsched.recorder import Recorder
 from agentsched.registry import TaskDef, import_task_modules, registered
 from agentsched.runtime import Runtime
-from agentsched.scheduler import SchedulerService
+from agentsched.scheduler import SchedulerService, load_tasks_files
 from agentsched.serialization import dumps, dumps_str, loads
 from agentsched.settings import Settings, get_settings
 from agentsched.status import ErrorKind
@@ -90,11 +91,10 @@ class JobRunner:
         self._recorder.start()
         self._loops.append(asyncio.create_task(self._maintain(), name="agentsched-lease"))
         if self.settings.tasks_file:
-            from agentsched.scheduler import load_tasks_files
-
             await load_tasks_files(self.runtime, self.settings.tasks_file)
         if self.settings.scheduler_enabled:
-            self._scheduler = await _start_scheduler(self.runtime)
+            self._scheduler = SchedulerService(self.runtime)
+            await self._scheduler.start()
         log.info(
             "agentsched worker %s for app %s: %d task(s) on queue %s",
             self.worker_id,
@@ -102,7 +102,6 @@ class JobRunner:
             len(registered()),
             self.tracker.keys.queue,
         )
-        ctx["agentsched"] = self
 
     async def shutdown(self, ctx: dict[str, Any]) -> None:
         if self._scheduler is not None:
@@ -177,7 +176,7 @@ class JobRunner:
         if status != "running":
             return None  # cancelled (or already finished) before it started
         self.running.add(job_id)
-        timeout = definition.timeout or self.settings.job_timeout
+        timeout = task_timeout(definition, self.settings)
         try:
             async with asyncio.timeout(timeout) as deadline:
                 if definition.is_async:
@@ -188,22 +187,15 @@ class JobRunner:
         except asyncio.CancelledError:
             await self._interrupted(job_id, attempt)
             raise
-        except TimeoutError as exc:
-            if deadline.expired():
-                return await self._failed(
-                    definition,
-                    job_id,
-                    attempt,
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                kind, error = (
                     ErrorKind.TIMEOUT,
                     f"TimeoutError: exceeded the task timeout of {timeout}s",
                 )
-            return await self._failed(
-                definition, job_id, attempt, ErrorKind.EXCEPTION, format_error(exc)
-            )
-        except Exception as exc:
-            return await self._failed(
-                definition, job_id, attempt, ErrorKind.EXCEPTION, format_error(exc)
-            )
+            else:
+                kind, error = ErrorKind.EXCEPTION, format_error(exc)
+            return await self._failed(definition, job_id, attempt, kind, error)
         finally:
             self.running.discard(job_id)
         # Rides in arq's finish transaction of this job, right after we return.
@@ -238,7 +230,6 @@ class JobRunner:
             # A finish that finds the execution cancelled meanwhile changes nothing, and
             # the re-run's start script sees it cancelled and does not run it.
             raise Retry(defer=delay)
-            return None
         log.warning(
             "%s %s failed (%s) after %d attempt(s): %s",
             definition.name,
@@ -339,10 +330,9 @@ class JobRunner:
         return data
 
 
-async def _start_scheduler(runtime: Runtime) -> SchedulerService:
-    service = SchedulerService(runtime)
-    await service.start()
-    return service
+def task_timeout(definition: TaskDef, settings: Settings) -> float:
+    """The timeout agentsched enforces for a task (arq's own is a later backstop)."""
+    return definition.timeout or settings.job_timeout
 
 
 def build_worker_settings(settings: Settings | None = None) -> type:
@@ -353,31 +343,30 @@ def build_worker_settings(settings: Settings | None = None) -> type:
     if not tasks:
         raise ConfigError("AGENTSCHED_TASK_MODULES: no @task functions registered")
     runner = JobRunner(settings)
+    queue = Keys(settings.redis_prefix, settings.app).queue
     # arq's in-progress TTL: its largest function timeout plus 10 s.
-    runner.rides.queue = runner_queue(settings)
-    runner.rides.in_progress_ms = int(
-        (max((d.timeout or settings.job_timeout) for d in tasks.values()) + TIMEOUT_MARGIN + 10)
-        * 1000
-    )
+    runner.rides.queue = queue
+    longest = max(task_timeout(d, settings) for d in tasks.values()) + TIMEOUT_MARGIN
+    runner.rides.in_progress_ms = int((longest + 10) * 1000)
     functions = [
         func(
             cast(Any, runner.wrap(d)),
             name=d.name,
-            timeout=(d.timeout or settings.job_timeout) + TIMEOUT_MARGIN,
+            timeout=task_timeout(d, settings) + TIMEOUT_MARGIN,
             max_tries=d.max_tries + INTERRUPT_SLACK,
         )
         for d in tasks.values()
     ]
     attrs = {
         "functions": functions,
-        "queue_name": runner_queue(settings),
+        "queue_name": queue,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "redis_pool": RidingArqRedis(
             runner.rides,
             connection_pool=ConnectionPool.from_url(settings.redis_url),
             job_serializer=runner.serialize,
             job_deserializer=runner.deserialize,
-            default_queue_name=runner_queue(settings),
+            default_queue_name=queue,
         ),
         "on_startup": runner.startup,
         "on_shutdown": runner.shutdown,
@@ -392,13 +381,8 @@ def build_worker_settings(settings: Settings | None = None) -> type:
         "health_check_interval": 10,
         "health_check_key": f"{settings.redis_prefix}health:{settings.app}",
         "job_completion_wait": 10,
-        "runner": runner,
     }
     return type("WorkerSettings", (), attrs)
-
-
-def runner_queue(settings: Settings) -> str:
-    return f"{settings.redis_prefix}queue:{settings.app}"
 
 
 async def _check_services(settings: Settings) -> None:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -54,60 +55,58 @@ async def wait_for(path: Path, timeout: float = 20) -> str:
     raise AssertionError(f"{path} never written")
 
 
+@pytest.fixture
+def spawn(settings: Settings) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Start real worker subprocesses; every one is stopped at teardown."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        procs.append(start_worker(settings))
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        stop(proc)
+
+
 @pytest.mark.slow
 async def test_sigkilled_worker_job_is_retried_by_another(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, spawn: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
     marker = tmp_path / "runs"
-    first = start_worker(settings)
-    second = None
-    try:
-        async with TaskQueue(settings) as queue:
-            execution = await queue.enqueue(
-                "tests.lost", kwargs={"marker": str(marker), "seconds": 60}
-            )
-            pid = int((await wait_for(marker)).splitlines()[0])
-            assert pid == first.pid
-            assert await queue.get_status(execution.id) is TaskStatus.RUNNING
-            os.kill(first.pid, signal.SIGKILL)
-            killed_at = time.monotonic()
-            second = start_worker(settings)
-            # lease 1.5 s: recovered within the lease plus a renewal period, not 60 s + 10 s
-            result = await queue.get_result(execution.id, timeout=20)
-            assert time.monotonic() - killed_at < 12
-            assert result == "run 2"
-            record = await queue.get_execution(execution.id)
-            assert record.attempt == 2 and record.status is TaskStatus.SUCCESS
-            await wait_sql(queue, execution.id, lambda r: r.status is TaskStatus.SUCCESS)
-    finally:
-        stop(first)
-        if second is not None:
-            stop(second)
+    first = spawn()
+    async with TaskQueue(settings) as queue:
+        execution = await queue.enqueue("tests.lost", kwargs={"marker": str(marker), "seconds": 60})
+        pid = int((await wait_for(marker)).splitlines()[0])
+        assert pid == first.pid
+        assert await queue.get_status(execution.id) is TaskStatus.RUNNING
+        os.kill(first.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        spawn()
+        # lease 1.5 s: recovered within the lease plus a renewal period, not 60 s + 10 s
+        result = await queue.get_result(execution.id, timeout=20)
+        assert time.monotonic() - killed_at < 12
+        assert result == "run 2"
+        record = await queue.get_execution(execution.id)
+        assert record.attempt == 2 and record.status is TaskStatus.SUCCESS
+        await wait_sql(queue, execution.id, lambda r: r.status is TaskStatus.SUCCESS)
 
 
 @pytest.mark.slow
 async def test_sigkilled_worker_on_last_attempt_is_failed_worker_lost(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, spawn: Callable[[], subprocess.Popen[bytes]]
 ) -> None:
     marker = tmp_path / "pid"
-    first = start_worker(settings)
-    second = None
-    try:
-        async with TaskQueue(settings) as queue:
-            execution = await queue.enqueue(
-                "tests.sleep", args=[60], kwargs={"marker": str(marker)}
-            )
-            await wait_for(marker)
-            os.kill(first.pid, signal.SIGKILL)
-            second = start_worker(settings)
-            row = await wait_sql(
-                queue, execution.id, lambda r: r.status is TaskStatus.FAILED, timeout=20
-            )
-            assert row.error_kind is not None and row.error_kind.value == "worker_lost"
-    finally:
-        stop(first)
-        if second is not None:
-            stop(second)
+    first = spawn()
+    async with TaskQueue(settings) as queue:
+        execution = await queue.enqueue("tests.sleep", args=[60], kwargs={"marker": str(marker)})
+        await wait_for(marker)
+        os.kill(first.pid, signal.SIGKILL)
+        spawn()
+        row = await wait_sql(
+            queue, execution.id, lambda r: r.status is TaskStatus.FAILED, timeout=20
+        )
+        assert row.error_kind is not None and row.error_kind.value == "worker_lost"
 
 
 @pytest.mark.slow
