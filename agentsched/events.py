@@ -49,6 +49,7 @@ from agentsched.events_model import (
     to_dead_letter,
     to_str,
 )
+from agentsched.keys import Keys
 from agentsched.settings import Settings, get_settings, mask_url
 
 __all__ = ["DeadLetter", "EventBus", "EventMessage", "Subscription"]
@@ -157,7 +158,7 @@ class EventBus:
         self.consumer = consumer
         self.visibility_timeout, self.max_deliveries = visibility_timeout, max_deliveries
         self.block_ms = block_ms
-        self.stream = f"{self.settings.redis_prefix}events"
+        self.stream = Keys(self.settings.redis_prefix, self.agent).events
         self.dead_stream = f"{self.stream}:dead"
         self._redis, self._own_redis = redis, redis is None
         self._callbacks: list[tuple[Callable[[str], bool], Handler, bool]] = []

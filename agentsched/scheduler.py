@@ -21,7 +21,7 @@ from typing import Any
 
 from agentsched.db.schedules import SORTABLE, Advance, DueBatch, FileChanges, ScheduleStore
 from agentsched.errors import InvalidInput, InvalidSchedule, NotFound, TasksFileError
-from agentsched.queue import TaskQueue, scheduled_execution_id
+from agentsched.queue import TaskQueue, parse_execution_id, scheduled_execution_id
 from agentsched.records import Execution
 from agentsched.registry import get_task, registered
 from agentsched.runtime import Runtime
@@ -91,11 +91,7 @@ class Scheduler:
             raise InvalidInput("source", "must be 'api' or 'yaml'")
         spec = parse_spec(spec)
         get_task(spec.function)
-        now = _now()
-        schedule = Schedule(
-            id=str(uuid.uuid4()), app=self.app, source=source, created_at=now, updated_at=now,
-            next_run_at=next_fire(spec, now) if spec.enabled else None, **_columns(spec),
-        )  # fmt: skip
+        schedule = _new_schedule(self.app, spec, source, _now())
         await self.store.insert(schedule)
         return schedule
 
@@ -175,9 +171,7 @@ class Scheduler:
 
     async def load(self, tasks_file: TasksFile, keep: Set[str] = frozenset()) -> LoadReport:
         """`load_file` for a parsed file; `keep`: names other files of the load declare."""
-        if tasks_file.app != self.app:
-            raise TasksFileError(tasks_file.path, f"app {tasks_file.app!r} is not this "
-                                 f"process's app {self.app!r}", field="app")  # fmt: skip
+        _check_app(tasks_file, self.app)
         report = LoadReport(path=tasks_file.path, app=self.app)
         now = _now()
 
@@ -186,11 +180,7 @@ class Scheduler:
             for spec in tasks_file.tasks:
                 current = by_name.get(spec.name)
                 if current is None:
-                    changes.inserts.append(Schedule(
-                        id=str(uuid.uuid4()), app=self.app, source="yaml", created_at=now,
-                        updated_at=now, next_run_at=next_fire(spec, now) if spec.enabled else None,
-                        **_columns(spec),
-                    ))  # fmt: skip
+                    changes.inserts.append(_new_schedule(self.app, spec, "yaml", now))
                     report.created.append(spec.name)
                 elif current.source != "yaml":
                     report.skipped.append(spec.name)
@@ -221,9 +211,7 @@ async def load_tasks_files(runtime: Runtime, paths: Iterable[str | Path]) -> lis
     scheduler = Scheduler(runtime)
     declared: dict[str, str] = {}
     for tasks_file in files:
-        if tasks_file.app != scheduler.app:
-            raise TasksFileError(tasks_file.path, f"app {tasks_file.app!r} is not this "
-                                 f"process's app {scheduler.app!r}", field="app")  # fmt: skip
+        _check_app(tasks_file, scheduler.app)
         for spec in tasks_file.tasks:
             if spec.name in declared:
                 raise TasksFileError(tasks_file.path, f"also declared in {declared[spec.name]}",
@@ -265,10 +253,23 @@ def _runnable(schedule: Schedule, plan: FirePlan, busy: bool, known: bool) -> li
 
 
 def _parse_id(value: object) -> str:
-    try:
-        return str(uuid.UUID(str(value))) if len(str(value)) <= 64 else ""
-    except ValueError:
-        return ""  # matches no row: NotFound, like an unknown id
+    # "" matches no row: NotFound, like an unknown id. The length guard stays because
+    # uuid.UUID ignores any number of hyphens.
+    text = str(value)
+    return (parse_execution_id(text) if len(text) <= 64 else None) or ""
+
+
+def _new_schedule(app: str, spec: ScheduleSpec, source: str, now: dt.datetime) -> Schedule:
+    return Schedule(
+        id=str(uuid.uuid4()), app=app, source=source, created_at=now, updated_at=now,
+        next_run_at=next_fire(spec, now) if spec.enabled else None, **_columns(spec),
+    )  # fmt: skip
+
+
+def _check_app(tasks_file: TasksFile, app: str) -> None:
+    if tasks_file.app != app:
+        raise TasksFileError(tasks_file.path, f"app {tasks_file.app!r} is not this "
+                             f"process's app {app!r}", field="app")  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -342,6 +343,10 @@ class SchedulerService:
         # Claimers in parallel take disjoint rows (SKIP LOCKED), so one batch's Redis
         # round trips overlap another's SQL; SQLite serialises writers anyway.
         lanes = self.lanes if self.scheduler.store.engine.dialect.name == "postgresql" else 1
+        # Extra lanes only when the first claim came back full: a quiet tick is one
+        # transaction, not one per lane.
+        if not await self._claim(now, stats) or lanes == 1:
+            return stats
         try:
             async with asyncio.TaskGroup() as group:
                 for _ in range(lanes):
@@ -351,11 +356,14 @@ class SchedulerService:
         return stats
 
     async def _drain(self, now: dt.datetime, stats: TickStats) -> None:
-        while True:
-            async with self.scheduler.store.claim_due(self.app, now, self.batch) as batch:
-                await self._fire(batch, now, stats)
-            if len(batch.rows) < self.batch:
-                return
+        while await self._claim(now, stats):
+            pass
+
+    async def _claim(self, now: dt.datetime, stats: TickStats) -> bool:
+        """Fire one batch of due rows; True when it was full (more may be due)."""
+        async with self.scheduler.store.claim_due(self.app, now, self.batch) as batch:
+            await self._fire(batch, now, stats)
+        return len(batch.rows) >= self.batch
 
     async def _fire(self, batch: DueBatch, now: dt.datetime, stats: TickStats) -> None:
         plans = [(s, _plan(s, now)) for s in batch.rows]

@@ -105,7 +105,7 @@ def _cron(expr: str) -> croniter:
     return croniter(expr, start, max_years_between_matches=MAX_YEARS_BETWEEN_FIRES)
 
 
-def validate_cron(expr: object, now: dt.datetime | None = None) -> str:
+def validate_cron(expr: object) -> str:
     """A 5-field crontab expression, checked with bounded work and proven to fire."""
     if not isinstance(expr, str):
         raise InvalidSchedule("cron", "must be a string of 5 fields")
@@ -129,7 +129,7 @@ def validate_cron(expr: object, now: dt.datetime | None = None) -> str:
         it = _cron(text)
     except Exception as exc:  # croniter raises several unrelated types for bad input
         raise InvalidSchedule("cron", f"invalid expression ({_reason(exc)})") from None
-    start = (now or dt.datetime.now(UTC)).astimezone(UTC).replace(tzinfo=None)
+    start = dt.datetime.now(UTC).replace(tzinfo=None)
     try:
         it.set_current(start, force=True)
         it.get_next(dt.datetime)

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import yaml
 
-from agentsched.errors import InvalidInput, TasksFileError, UnknownFunction
+from agentsched.errors import InvalidInput, TasksFileError
 from agentsched.registry import get_task
 from agentsched.schedules import ScheduleSpec, parse_spec
 from agentsched.settings import NAME_RE
@@ -167,13 +167,3 @@ def parse_tasks_file(path: str | Path, *, check_functions: bool = False) -> Task
         names.add(spec.name)
         specs.append(spec)
     return TasksFile(path=name, app=app, tasks=specs)
-
-
-def check_functions_registered(tasks_file: TasksFile) -> None:
-    """`TasksFileError` naming the first task whose function is not registered."""
-    for spec in tasks_file.tasks:
-        try:
-            get_task(spec.function)
-        except UnknownFunction as exc:
-            raise TasksFileError(tasks_file.path, exc.message, task=spec.name,
-                                 field="function") from None  # fmt: skip

@@ -388,7 +388,8 @@ async def test_scraped_page_is_answered_by_rag_chat(platform: Any, pg_url: str) 
         [run] = await eventually(
             recorded, timeout=40
         )  # the history in PostgreSQL, written by the worker
-        assert run["result"] == {"url": page, "tokens": run["result"]["tokens"]}
+        assert set(run["result"]) == {"url", "tokens"}
+        assert run["result"]["url"] == page and run["result"]["tokens"] > 0
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ async def cli(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int
         if proc.returncode is None:  # timed out: leave no process behind
             proc.kill()
             await proc.wait()
-    assert proc.returncode is not None
+    assert proc.returncode is not None  # for the type checker: the process has ended
     return proc.returncode, out.decode(), err.decode()
 
 

@@ -149,7 +149,6 @@ def test_fall_back_fires_a_repeated_wall_time_once() -> None:
     got = fires(ny, at(2024, 11, 3, 0, 0, tz="America/New_York"), 6)
     wall = [f.astimezone(zone("America/New_York")).strftime("%H:%M") for f in got]
     assert wall == ["00:30", "01:00", "01:30", "02:00", "02:30", "03:00"]
-    assert len(set(wall)) == len(wall)
     # Searching backwards from inside the repeated hour finds the first 01:30.
     assert prev_fire(ny, dt.datetime(2024, 11, 3, 6, 20, tzinfo=UTC)) == dt.datetime(
         2024, 11, 3, 5, 30, tzinfo=UTC

@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(mail.open_maildir, config.data_dir())  # seeds the demo mail
         async with agentsched_context(app, settings) as state:
-            bus = EventBus(settings=state.settings)
+            bus = EventBus(settings=state.settings, redis=state.runtime.redis)
             _listen(bus, state)
             async with bus:
                 yield

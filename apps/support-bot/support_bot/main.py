@@ -103,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with agentsched_context(app, settings) as state:
-            bus = EventBus(settings=state.settings)
+            bus = EventBus(settings=state.settings, redis=state.runtime.redis)
             _listen(bus, state)
             async with bus:
                 app.state.bus = bus
