@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import orjson
 from redis.asyncio import Redis
 
+from agentsched.connections import redis_client
 from agentsched.errors import InvalidEvent, NotFound, ServiceUnavailable
 from agentsched.events_group import BATCH, TRANSIENT, GroupReader
 from agentsched.events_model import (
@@ -172,7 +173,7 @@ class EventBus:
 
     def _client(self) -> Redis:
         if self._redis is None:
-            self._redis = Redis.from_url(self.settings.redis_url)
+            self._redis = redis_client(self.settings.redis_url)
             self._stopped = False
         return self._redis
 

@@ -13,6 +13,7 @@ from typing import Self
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentsched.connections import redis_client
 from agentsched.db.engine import open_database
 from agentsched.db.executions import ExecutionStore
 from agentsched.errors import ServiceUnavailable
@@ -22,9 +23,7 @@ from agentsched.tracking import Tracker
 
 async def open_redis(url: str) -> aioredis.Redis:
     """A connected client; `ServiceUnavailable` naming the masked URL if Redis is down."""
-    client: aioredis.Redis = aioredis.Redis.from_url(
-        url, socket_connect_timeout=5, health_check_interval=30
-    )
+    client = redis_client(url, socket_connect_timeout=5, health_check_interval=30)
     try:
         await client.ping()
     except Exception as exc:

@@ -26,9 +26,9 @@ from typing import Any, cast
 from arq.connections import RedisSettings
 from arq.jobs import DeserializationError, SerializationError
 from arq.worker import JobExecutionFailed, Retry, func
-from redis.asyncio import ConnectionPool
 
 from agentsched.arq_pool import CLAIM, RidingArqRedis, StatusRides
+from agentsched.connections import connection_pool
 from agentsched.errors import AgentschedError, ConfigError
 from agentsched.keys import Keys
 from agentsched.recorder import Recorder
@@ -363,7 +363,7 @@ def build_worker_settings(settings: Settings | None = None) -> type:
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "redis_pool": RidingArqRedis(
             runner.rides,
-            connection_pool=ConnectionPool.from_url(settings.redis_url),
+            connection_pool=connection_pool(settings.redis_url),
             job_serializer=runner.serialize,
             job_deserializer=runner.deserialize,
             default_queue_name=queue,
