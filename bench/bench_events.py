@@ -58,9 +58,16 @@ async def bench_publish(settings: Settings, n: int) -> None:
     raw = aioredis.Redis.from_url(settings.redis_url)
     raw_key = settings.redis_prefix + "raw-events"
     payload = {"url": "https://example.com/some/page", "status": 200}
-    data = orjson.dumps({"id": uuid.uuid4().hex, "event_type": "scraper.page_fetched",
-                         "source_agent": "bench", "target_agent": None, "payload": payload,
-                         "created_at": time.time()})
+    data = orjson.dumps(
+        {
+            "id": uuid.uuid4().hex,
+            "event_type": "scraper.page_fetched",
+            "source_agent": "bench",
+            "target_agent": None,
+            "payload": payload,
+            "created_at": time.time(),
+        }
+    )
     maxlen = settings.event_maxlen
     async with EventBus("bench-pub", settings=settings) as bus:
 
@@ -89,22 +96,27 @@ async def bench_publish(settings: Settings, n: int) -> None:
     medians = statistics.median(b[0] / r[0] for r, b in zip(raws, buses, strict=True))
     raw_cpu = statistics.median(c for _, c in raws)
     bus_cpu = statistics.median(c for _, c in buses)
-    print(f"publish, one awaited call at a time (N={per * ROUNDS} each, {ROUNDS} alternating "
-          f"rounds of {per})")
+    print(
+        f"publish, one awaited call at a time (N={per * ROUNDS} each, {ROUNDS} alternating "
+        f"rounds of {per})"
+    )
     report("raw redis-py XADD (fastest round)", f"{raw_best:,.0f} ops/s", "baseline", True)
     report("EventBus.publish (fastest round)", f"{bus_best:,.0f} ops/s", "", True)
     ratio = bus_best / raw_best
     report("publish / raw XADD", f"{ratio:.2f}x", ">= 0.80x", ratio >= 0.8)
-    print(f"  (median of per-round ratios {medians:.2f}x; client CPU per call: raw "
-          f"{raw_cpu:.0f} us, publish {bus_cpu:.0f} us = {raw_cpu / bus_cpu:.2f}x)")
+    print(
+        f"  (median of per-round ratios {medians:.2f}x; client CPU per call: raw "
+        f"{raw_cpu:.0f} us, publish {bus_cpu:.0f} us = {raw_cpu / bus_cpu:.2f}x)"
+    )
 
 
 async def bench_latency(settings: Settings, n: int) -> None:
     latencies: list[float] = []
     arrived = asyncio.Event()
-    async with EventBus("bench-lat", settings=settings) as sub_bus, EventBus(
-        "bench-pub", settings=settings
-    ) as pub:
+    async with (
+        EventBus("bench-lat", settings=settings) as sub_bus,
+        EventBus("bench-pub", settings=settings) as pub,
+    ):
         async with sub_bus.subscribe("bench.latency") as events:
 
             async def consume() -> None:
@@ -131,9 +143,21 @@ async def fill(settings: Settings, stream: str, n: int, event_type: str) -> None
     raw = aioredis.Redis.from_url(settings.redis_url)
     pipe = raw.pipeline(transaction=False)
     for i in range(n):
-        pipe.xadd(stream, {"data": orjson.dumps({
-            "id": uuid.uuid4().hex, "event_type": event_type, "source_agent": "bench",
-            "target_agent": None, "payload": {"i": i}, "created_at": time.time()})})
+        pipe.xadd(
+            stream,
+            {
+                "data": orjson.dumps(
+                    {
+                        "id": uuid.uuid4().hex,
+                        "event_type": event_type,
+                        "source_agent": "bench",
+                        "target_agent": None,
+                        "payload": {"i": i},
+                        "created_at": time.time(),
+                    }
+                )
+            },
+        )
     await pipe.execute()
     await raw.aclose()
 

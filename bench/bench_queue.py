@@ -4,7 +4,9 @@
 
 Measures, against the same Redis and PostgreSQL and with the same poll delay:
   1. end-to-end throughput of N no-op jobs through one worker (raw arq vs agentsched,
-     agentsched counted until every row is `success` in PostgreSQL);
+     agentsched counted until every row is `success` in PostgreSQL; with
+     --same-connections also raw arq on agentsched's faster Redis connection class, to
+     show the cost of tracking alone);
   2. a single awaited enqueue (arq's `enqueue_job` vs `TaskQueue.enqueue`);
   3. enqueue-to-start latency of sequential jobs to an idle `arq agentsched.WorkerSettings`
      subprocess with default settings (p50 / p99), and that worker's memory.
@@ -27,7 +29,7 @@ from typing import Any
 import asyncpg
 import uvloop
 from arq import create_pool
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker, create_worker
 from sqlalchemy import func, select
 
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agentsched import TaskQueue
+from agentsched.connections import connection_pool
 from agentsched.db.models import TaskExecution
 from agentsched.runtime import Runtime
 from agentsched.settings import Settings, load_settings
@@ -69,21 +72,23 @@ async def cleanup_redis(prefix: str) -> None:
     await client.aclose()
 
 
-async def bench_raw_arq(n: int, queue_name: str) -> float:
+async def bench_raw_arq(n: int, queue_name: str, fast_connections: bool = False) -> float:
+    """Raw arq; with `fast_connections`, on agentsched's connection class (for reference)."""
     pool = await create_pool(RedisSettings.from_dsn(REDIS_URL), default_queue_name=queue_name)
     for i in range(0, n, 500):
         await asyncio.gather(*(pool.enqueue_job("raw_noop") for _ in range(min(500, n - i))))
-    worker: Worker = create_worker(
-        {
-            "functions": [raw_noop],
-            "queue_name": queue_name,
-            "poll_delay": POLL,
-            "burst": True,
-            "redis_settings": RedisSettings.from_dsn(REDIS_URL),
-            "handle_signals": False,
-            "keep_result": 0,
-        },
-    )
+    settings: dict[str, Any] = {
+        "functions": [raw_noop],
+        "queue_name": queue_name,
+        "poll_delay": POLL,
+        "burst": True,
+        "redis_settings": RedisSettings.from_dsn(REDIS_URL),
+        "handle_signals": False,
+        "keep_result": 0,
+    }
+    if fast_connections:
+        settings["redis_pool"] = ArqRedis(connection_pool=connection_pool(REDIS_URL))
+    worker: Worker = create_worker(settings)
     start = time.perf_counter()
     await worker.async_run()
     elapsed = time.perf_counter() - start
@@ -194,7 +199,7 @@ async def main(args: argparse.Namespace) -> int:
     try:
         print(f"== throughput: {args.jobs} no-op jobs, one worker, poll {POLL * 1000:.0f} ms")
         # Alternating rounds, median ratio: the machine is shared and load comes in bursts.
-        ratios = []
+        ratios, same = [], []
         for round_ in range(args.rounds):
             raw = await bench_raw_arq(args.jobs, prefix + "rawq")
             tracked = await bench_tracked(
@@ -205,10 +210,19 @@ async def main(args: argparse.Namespace) -> int:
                 f"round {round_ + 1}: raw arq {raw:6.0f} jobs/s, agentsched tracked "
                 f"{tracked:6.0f} jobs/s (rows success in PostgreSQL): {tracked / raw:.2f}x"
             )
+            if args.same_connections:
+                fast = await bench_raw_arq(args.jobs, prefix + "rawq", fast_connections=True)
+                same.append(tracked / fast)
+                print(
+                    f"         raw arq on agentsched's connections {fast:6.0f} jobs/s: "
+                    f"tracked {tracked / fast:.2f}x of it (for reference)"
+                )
         ratio = statistics.median(ratios)
         ok = ratio >= 0.7
         failures += not ok
         print(f"median ratio {ratio:.2f}x   target >= 0.70x   {verdict(ok)}")
+        if same:
+            print(f"median ratio to raw arq on the same connections {statistics.median(same):.2f}x")
 
         print(f"== single awaited enqueue, {args.enqueues} sequential")
         raw_e, ours_e = await bench_enqueue(args.enqueues, settings, prefix + "rawq2")
@@ -237,5 +251,10 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--enqueues", type=int, default=2_000)
     parser.add_argument("--latency-jobs", type=int, default=500)
+    parser.add_argument(
+        "--same-connections",
+        action="store_true",
+        help="also run raw arq on agentsched's Redis connection class, for reference",
+    )
     uvloop.install()
     sys.exit(asyncio.run(main(parser.parse_args())))
