@@ -125,7 +125,7 @@ def snapshot_row(h: Mapping[str, str]) -> dict[str, Any]:
 
 
 def from_row(row: Any) -> Execution:
-    """An `Execution` from a `TaskExecution` ORM row."""
+    """An `Execution` from a `task_executions` row (ORM object or labelled Core row)."""
     return Execution(
         id=row.id,
         app=row.app,

@@ -12,7 +12,7 @@ import orjson
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentsched.db.models import TaskExecution
 from agentsched.records import Execution, RawJSON, from_row
@@ -34,6 +34,8 @@ _PG_UPSERT = (
     + ", ".join(f"{name} = EXCLUDED.{name}" for name in _PG_COLUMNS if name != "id")
     + " WHERE task_executions.seq < EXCLUDED.seq"
 )
+# Reads select plain rows labelled with the attribute names `from_row` expects.
+_ROW = [getattr(TaskExecution, key).label(key) for key in _PG_KEYS]
 SORTABLE: dict[str, Any] = {
     "enqueued_at": TaskExecution.enqueued_at,
     "started_at": TaskExecution.started_at,
@@ -135,12 +137,9 @@ class ExecutionStore:
                 raise DataError(_PG_UPSERT, None, exc) from exc
 
     async def get(self, app: str, execution_id: str) -> Execution | None:
-        async with AsyncSession(self.engine) as session:
-            row = await session.scalar(
-                select(TaskExecution).where(
-                    TaskExecution.id == execution_id, TaskExecution.app == app
-                )
-            )
+        query = select(*_ROW).where(TaskExecution.id == execution_id, TaskExecution.app == app)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
         return from_row(row) if row is not None else None
 
     async def list(
@@ -166,18 +165,16 @@ class ExecutionStore:
             where.append(TaskExecution.function == function)
         column = SORTABLE[sort]
         query = (
-            select(TaskExecution)
+            select(*_ROW)
             .where(*where)
             .order_by(column.desc() if descending else column.asc(), TaskExecution.id.desc())
             .limit(limit)
             .offset(offset)
         )
-        async with AsyncSession(self.engine) as session:
+        async with self.engine.connect() as conn:
             if self.engine.dialect.name == "postgresql":
                 # The page and its total from one snapshot, while recorders write.
-                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            rows = (await session.scalars(query)).all()
-            total = await session.scalar(
-                select(func.count()).select_from(TaskExecution).where(*where)
-            )
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            rows = (await conn.execute(query)).all()
+            total = await conn.scalar(select(func.count()).select_from(TaskExecution).where(*where))
         return [from_row(r) for r in rows], int(total or 0)
