@@ -25,10 +25,16 @@ from redis.asyncio.connection import (
 )
 
 
+def _spaced(name: Any) -> bool:
+    """redis-py splits a command name like "CONFIG GET" into two arguments."""
+    if isinstance(name, str):
+        return " " in name
+    return isinstance(name, bytes) and b" " in name
+
+
 class _FastPath(AbstractConnection):
     def pack_command(self, *args: Any) -> list[bytes]:
-        first = args[0] if args else None
-        if (isinstance(first, str) and " " in first) or self.encoder.encoding != "utf-8":
+        if _spaced(args[0] if args else None) or self.encoder.encoding != "utf-8":
             return super().pack_command(*args)
         try:
             return [hiredis.pack_command(args)]

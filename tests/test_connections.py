@@ -23,6 +23,7 @@ ARGUMENTS: list[tuple[Any, ...]] = [
     ("ZRANGEBYSCORE", "q", float("-inf"), float("inf"), 0.1, 1e300, 1.5e-7),
     ("SET", "k", memoryview(b"view")),
     ("CONFIG GET", "maxmemory"),  # a spaced name is split into two arguments
+    (b"CLIENT SETNAME", "worker"),
     ("SET", "k", "x" * 100_000),
 ]
 
