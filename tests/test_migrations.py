@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from sqlalchemy import inspect, select, text
@@ -42,3 +43,22 @@ async def test_database_of_the_first_release_is_migrated(tmp_path: Path) -> None
     assert "ix_scheduled_tasks_due" in indexes
     again, _ = await _versions_and_indexes(url)  # idempotent
     assert again == versions
+
+
+async def test_connections_starting_together_on_one_sqlite_file(tmp_path: Path) -> None:
+    # SQLite has no advisory lock: the schema transaction takes the write lock first, so
+    # whoever loses the race finds the tables and versions there (before: UNIQUE failed
+    # on agentsched_schema.version in most rounds of this test).
+    async def start(url: str) -> None:
+        engine = await open_database(url)
+        await engine.dispose()
+
+    for round_ in range(10):
+        url = f"sqlite+aiosqlite:///{tmp_path}/race{round_}.db"
+        await asyncio.gather(*(start(url) for _ in range(6)))
+        versions, _ = await _versions_and_indexes(url)
+        assert versions == list(range(1, LATEST + 1))
+    engine = await open_database(url)
+    async with engine.connect() as conn:  # the mode is the file's, set once
+        assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+    await engine.dispose()

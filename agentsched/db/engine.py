@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from typing import Any
 
 from sqlalchemy import event, text
@@ -17,10 +19,9 @@ _LOCK = 0x61676E74  # 'agnt': advisory lock id for schema creation
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the API read while a worker's recorder writes; the busy timeout makes
-    # several processes on one file wait for each other instead of failing.
+    # The busy timeout makes several processes on one file wait for each other instead
+    # of failing. (WAL is set once per file by `_sqlite_wal`.)
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -36,12 +37,34 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
+async def _sqlite_wal(engine: AsyncEngine) -> None:
+    """WAL lets the API read while a worker's recorder writes; the file keeps the mode.
+
+    Switching needs the file to itself, and SQLite does not wait for that (no busy
+    handler), so connections opening a new file together retry here.
+    """
+    for attempt in itertools.count():
+        try:
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            return
+        except OperationalError as exc:
+            if "locked" not in str(exc) or attempt >= 250:
+                raise
+            await asyncio.sleep(0.02)
+
+
 async def _create(engine: AsyncEngine, create_tables: bool) -> None:
     async with engine.begin() as conn:
         if create_tables:
+            # Several processes start at once; a lock makes them create in turn, and the
+            # ones that wait find the tables and versions there.
             if engine.dialect.name == "postgresql":
-                # Several processes start at once; the lock makes them create in turn.
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
+            elif engine.dialect.name == "sqlite":
+                # The write lock before the schema is read (SQLite's DDL is transactional;
+                # pysqlite would otherwise begin only at the first INSERT).
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
             await conn.run_sync(upgrade)
         else:
             await conn.execute(text("SELECT 1"))
@@ -51,15 +74,9 @@ async def open_database(url: str, *, create_tables: bool = True) -> AsyncEngine:
     """Connect (and create missing tables); `ServiceUnavailable` naming the URL if it fails."""
     engine = create_engine(url)
     try:
-        for attempt in range(3):
-            try:
-                await _create(engine, create_tables)
-                break
-            except OperationalError as exc:
-                # SQLite has no schema lock: a process that lost the race to create a
-                # table finds it there on the next try.
-                if "already exists" not in str(exc) or attempt == 2:
-                    raise
+        if engine.dialect.name == "sqlite":
+            await _sqlite_wal(engine)
+        await _create(engine, create_tables)
     except Exception as exc:
         await engine.dispose()
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

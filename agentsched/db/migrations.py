@@ -2,9 +2,9 @@
 
 A fresh database gets today's tables from the models and is stamped with the latest
 version. A database from an older release is brought forward one step at a time;
-`open_database` runs this under PostgreSQL's advisory lock, so several processes
-starting together apply each step once. A step must be safe to run on a database
-that already has its change (check first), because SQLite has no such lock.
+`open_database` runs this under a lock (PostgreSQL's advisory lock, SQLite's write
+lock taken by BEGIN IMMEDIATE), so several processes starting together apply each
+step once. A step should still check before it changes anything.
 """
 
 from __future__ import annotations
