@@ -89,3 +89,20 @@ async def test_a_connection_returned_with_unread_data_is_replaced(prefix: str) -
         await client.delete(prefix + "k")
         await client.aclose()
         await pool.disconnect()
+
+
+async def test_a_connection_the_server_closed_is_replaced(prefix: str) -> None:
+    client = redis_client(REDIS_URL)
+    admin = redis_client(REDIS_URL)
+    name = prefix.replace(":", "-") + "killed"
+    try:
+        await client.client_setname(name)
+        assert await client.ping()
+        for entry in await admin.client_list():
+            if entry.get("name") == name:
+                await admin.client_kill_filter(_id=entry["id"])
+        await asyncio.sleep(0.05)  # the EOF reaches the idle pooled connection
+        assert await client.ping()  # reconnected, not "Connection closed by server"
+    finally:
+        await client.aclose()
+        await admin.aclose()
