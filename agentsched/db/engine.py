@@ -46,7 +46,9 @@ async def _sqlite_wal(engine: AsyncEngine) -> None:
     for attempt in itertools.count():
         try:
             async with engine.connect() as conn:
-                await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+                if mode not in ("wal", "memory"):
+                    await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
             return
         except OperationalError as exc:
             if "locked" not in str(exc) or attempt >= 250:
