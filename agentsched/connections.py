@@ -5,10 +5,12 @@ already uses hiredis for this), and each time the pool hands out a connection it
 the socket with a zero-timeout read. On a worker's hot path those two were about a tenth
 of the CPU per job. These subclasses keep redis-py's behaviour and fall back to it
 whenever the fast path does not apply:
-  - `pack_command` uses `hiredis.pack_command` for str, bytes, int and float arguments;
-    anything else (None, bool, a spaced command name) takes redis-py's own path and error;
+  - `pack_command` uses `hiredis.pack_command` for str, bytes, int and float arguments
+    of ordinary size under strict UTF-8; anything else (None, bool, a memoryview, a large
+    value, a whitespace-split command name, another encoding) takes redis-py's own path,
+    and `pack_commands` is redis-py's, chunking as it does;
   - `can_read_destructive` answers "no" at once when the parser has no buffered reply and
-    the stream has neither data nor EOF, and otherwise runs redis-py's check.
+    the stream has no data, no EOF and no error, and otherwise runs redis-py's check.
 """
 
 from __future__ import annotations
@@ -25,27 +27,33 @@ from redis.asyncio.connection import (
 )
 
 
-def _spaced(name: Any) -> bool:
-    """redis-py splits a command name like "CONFIG GET" into two arguments."""
-    if isinstance(name, str):
-        return " " in name
-    return isinstance(name, bytes) and b" " in name
+def _plain(args: tuple[Any, ...], cutoff: int) -> bool:
+    """Arguments hiredis packs to redis-py's exact bytes without a large copy."""
+    name = args[0]
+    # redis-py splits a name like "CONFIG GET" on whitespace into two arguments.
+    if not isinstance(name, (str, bytes)) or name.split() != [name]:
+        return False
+    for arg in args:
+        # redis-py sends memoryviews and large values as their own chunks, uncopied.
+        if isinstance(arg, memoryview) or (isinstance(arg, (str, bytes)) and len(arg) > cutoff):
+            return False
+    return True
 
 
 class _FastPath(AbstractConnection):
     def pack_command(self, *args: Any) -> list[bytes]:
-        if _spaced(args[0] if args else None) or self.encoder.encoding != "utf-8":
-            return super().pack_command(*args)
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError:  # None, bool, ...: redis-py raises its own DataError
-            return super().pack_command(*args)
-
-    def pack_commands(self, commands: Any) -> list[bytes]:
-        pieces: list[bytes] = []
-        for command in commands:
-            pieces.extend(self.pack_command(*command))
-        return [b"".join(pieces)]
+        encoder = self.encoder
+        if (
+            args
+            and encoder.encoding == "utf-8"
+            and encoder.encoding_errors == "strict"
+            and _plain(args, self._buffer_cutoff)
+        ):
+            try:
+                return [hiredis.pack_command(args)]
+            except (TypeError, UnicodeEncodeError):
+                pass  # None, bool, a lone surrogate...: redis-py's own path and error
+        return super().pack_command(*args)
 
     async def can_read_destructive(self) -> bool:
         parser: Any = self._parser
@@ -57,6 +65,7 @@ class _FastPath(AbstractConnection):
             and hasattr(reader, "has_data")
             and not getattr(stream, "_buffer", True)
             and not stream.at_eof()
+            and stream.exception() is None  # a reset socket is not at EOF
             and not reader.has_data()
         ):
             return False

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from typing import Any
 
 import pytest
@@ -24,27 +27,52 @@ ARGUMENTS: list[tuple[Any, ...]] = [
     ("SET", "k", memoryview(b"view")),
     ("CONFIG GET", "maxmemory"),  # a spaced name is split into two arguments
     (b"CLIENT SETNAME", "worker"),
+    ("CONFIG\tGET", "maxmemory"),  # any whitespace
+    ("", "PING"),  # an empty name is dropped
+    ("SET", "k", memoryview(b"abcdef")[::2]),  # not contiguous
     ("SET", "k", "x" * 100_000),
 ]
 
 
+def packed(connection: Any, args: tuple[Any, ...]) -> bytes:
+    return b"".join(bytes(chunk) for chunk in connection.pack_command(*args))
+
+
 @pytest.mark.parametrize("args", ARGUMENTS)
 def test_packs_the_same_bytes_as_redis_py(args: tuple[Any, ...]) -> None:
-    assert b"".join(FastConnection().pack_command(*args)) == b"".join(
-        Connection().pack_command(*args)
-    )
+    assert packed(FastConnection(), args) == packed(Connection(), args)
+
+
+@pytest.mark.parametrize(
+    ("options", "value"),
+    [
+        ({"encoding": "latin-1"}, "café"),
+        ({"encoding_errors": "surrogateescape"}, "\udcff"),
+        ({"encoding_errors": "replace"}, "a\udcffb"),
+    ],
+)
+def test_other_encodings_pack_as_redis_py_does(options: dict[str, str], value: str) -> None:
+    args = ("SET", "k", value)
+    assert packed(FastConnection(**options), args) == packed(Connection(**options), args)
+
+
+def test_large_values_keep_redis_pys_uncopied_chunks() -> None:
+    value = b"x" * 1_000_000
+    chunks = FastConnection().pack_command("SET", "k", value)
+    assert any(chunk is value for chunk in chunks)
 
 
 def test_pipeline_packing_matches_redis_py() -> None:
     commands = [(args, {}) for args in ARGUMENTS]
     ours = FastConnection().pack_commands(args for args, _ in commands)
     theirs = Connection().pack_commands(args for args, _ in commands)
-    assert b"".join(ours) == b"".join(bytes(chunk) for chunk in theirs)
+    assert b"".join(bytes(c) for c in ours) == b"".join(bytes(c) for c in theirs)
 
 
-@pytest.mark.parametrize("bad", [None, True, object()])
+@pytest.mark.parametrize("bad", [None, True, object(), "\udcff"])
 def test_bad_argument_raises_redis_pys_error(bad: Any) -> None:
-    with pytest.raises(DataError):
+    expected = UnicodeEncodeError if isinstance(bad, str) else DataError
+    with pytest.raises(expected):
         FastConnection().pack_command("SET", "k", bad)
 
 
@@ -106,3 +134,46 @@ async def test_a_connection_the_server_closed_is_replaced(prefix: str) -> None:
     finally:
         await client.aclose()
         await admin.aclose()
+
+
+async def test_a_connection_reset_by_the_peer_is_replaced() -> None:
+    # A reset (RST) leaves the stream with an error but not at EOF.
+    host, port = REDIS_URL.split("//")[1].split("/")[0].split(":")
+    downstream: list[asyncio.StreamWriter] = []
+    upstream: list[asyncio.StreamWriter] = []
+    handlers: list[asyncio.Task[Any]] = []
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        downstream.append(writer)
+        upstream.append(up_writer)
+        await asyncio.gather(relay(reader, up_writer), relay(up_reader, writer))
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    proxy_port = server.sockets[0].getsockname()[1]
+    client = redis_client(f"redis://127.0.0.1:{proxy_port}/9")
+    try:
+        assert await client.ping()
+        for writer in downstream:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        await asyncio.sleep(0.1)
+        assert await client.ping()  # stock redis-py reconnects here too
+    finally:
+        await client.aclose()
+        server.close()
+        for writer in downstream + upstream:
+            writer.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
