@@ -62,3 +62,23 @@ async def test_connections_starting_together_on_one_sqlite_file(tmp_path: Path) 
     async with engine.connect() as conn:  # the mode is the file's, set once
         assert (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
     await engine.dispose()
+
+
+async def test_start_up_on_a_current_sqlite_file_does_not_wait_for_a_writer(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "busy.db"
+    engine = await open_database(f"sqlite+aiosqlite:///{path}")
+    await engine.dispose()
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # a recorder's write transaction, held
+        started = asyncio.get_running_loop().time()
+        engine = await asyncio.wait_for(open_database(f"sqlite+aiosqlite:///{path}"), 5)
+        await engine.dispose()
+        assert asyncio.get_running_loop().time() - started < 2
+    finally:
+        writer.rollback()
+        writer.close()

@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from agentsched.db.migrations import upgrade
+from agentsched.db.migrations import is_current, upgrade
 from agentsched.errors import ServiceUnavailable
 from agentsched.settings import mask_url
 
@@ -57,19 +57,23 @@ async def _sqlite_wal(engine: AsyncEngine) -> None:
 
 
 async def _create(engine: AsyncEngine, create_tables: bool) -> None:
-    async with engine.begin() as conn:
-        if create_tables:
-            # Several processes start at once; a lock makes them create in turn, and the
-            # ones that wait find the tables and versions there.
-            if engine.dialect.name == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
-            elif engine.dialect.name == "sqlite":
-                # The write lock before the schema is read (SQLite's DDL is transactional;
-                # pysqlite would otherwise begin only at the first INSERT).
-                await conn.exec_driver_sql("BEGIN IMMEDIATE")
-            await conn.run_sync(upgrade)
-        else:
+    if not create_tables:
+        async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+        return
+    async with engine.connect() as conn:
+        if await conn.run_sync(is_current):
+            return  # the usual start: nothing to create, so no lock to wait for
+    async with engine.begin() as conn:
+        # Several processes start at once; a lock makes them create in turn, and the
+        # ones that wait find the tables and versions there.
+        if engine.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK})
+        elif engine.dialect.name == "sqlite":
+            # The write lock before the schema is read (SQLite's DDL is transactional;
+            # pysqlite would otherwise begin only at the first INSERT).
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+        await conn.run_sync(upgrade)
 
 
 async def open_database(url: str, *, create_tables: bool = True) -> AsyncEngine:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, Table, inspect, select
+from sqlalchemy import Column, DateTime, Integer, MetaData, Table, func, inspect, select
 from sqlalchemy.engine import Connection
 
 from agentsched.db.models import Base, ScheduledTask
@@ -37,6 +37,14 @@ def _due_index(conn: Connection) -> None:
 # (version, step). Version 1 is the first release's tables, made by create_all.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(2, _due_index)]
 LATEST = max([1, *(version for version, _ in MIGRATIONS)])
+
+
+def is_current(conn: Connection) -> bool:
+    """Every table there and the latest version stamped: start-up needs no lock."""
+    names = set(inspect(conn).get_table_names())
+    if not {*Base.metadata.tables, schema_versions.name} <= names:
+        return False
+    return (conn.execute(select(func.max(schema_versions.c.version))).scalar() or 0) >= LATEST
 
 
 def upgrade(conn: Connection) -> int:
