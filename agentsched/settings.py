@@ -47,8 +47,10 @@ class Settings(BaseSettings):
     job_timeout: float = Field(default=300, gt=0)
     # A running job whose worker stopped renewing its lease this long ago is recovered.
     lease_seconds: float = Field(default=5.0, ge=1, le=600)
-    # How long Redis keeps status and results after an execution ends (SQL keeps them forever).
+    # How long Redis keeps status and results after an execution ends.
     keep_result: float = Field(default=86_400, ge=1)
+    # How long SQL keeps an execution after it ends, in days (0 keeps them forever).
+    history_days: float = Field(default=30, ge=0)
     # Write-behind recorder: most rows per SQL statement.
     record_batch: int = Field(default=500, ge=1, le=10_000)
     # Event bus.

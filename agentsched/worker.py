@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 import sys
 import traceback
@@ -33,6 +34,7 @@ from agentsched.errors import AgentschedError, ConfigError
 from agentsched.keys import Keys
 from agentsched.recorder import Recorder
 from agentsched.registry import TaskDef, import_task_modules, registered
+from agentsched.retention import run_retention
 from agentsched.runtime import Runtime
 from agentsched.scheduler import SchedulerService, load_tasks_files
 from agentsched.serialization import dumps, dumps_str, loads
@@ -90,6 +92,14 @@ class JobRunner:
         )
         self._recorder.start()
         self._loops.append(asyncio.create_task(self._maintain(), name="agentsched-lease"))
+        if self.settings.history_days > 0:
+            retention = run_retention(
+                self.runtime.executions,
+                self.settings.app,
+                self.settings.history_days,
+                first_delay=random.uniform(10, 60),
+            )
+            self._loops.append(asyncio.create_task(retention, name="agentsched-retention"))
         if self.settings.tasks_file:
             await load_tasks_files(self.runtime, self.settings.tasks_file)
         if self.settings.scheduler_enabled:

@@ -17,7 +17,11 @@ async def _versions_and_indexes(url: str) -> tuple[list[int], set[str]]:
         async with engine.connect() as conn:
             versions = list((await conn.execute(select(schema_versions.c.version))).scalars())
             indexes = await conn.run_sync(
-                lambda c: {i["name"] for i in inspect(c).get_indexes("scheduled_tasks")}
+                lambda c: {
+                    i["name"]
+                    for table in ("scheduled_tasks", "task_executions")
+                    for i in inspect(c).get_indexes(table)
+                }
             )
     finally:
         await engine.dispose()
@@ -28,7 +32,7 @@ async def test_fresh_database_is_stamped_latest(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/fresh.db"
     versions, indexes = await _versions_and_indexes(url)
     assert versions == list(range(1, LATEST + 1))
-    assert "ix_scheduled_tasks_due" in indexes
+    assert {"ix_scheduled_tasks_due", "ix_task_executions_app_finished"} <= indexes
 
 
 async def test_database_of_the_first_release_is_migrated(tmp_path: Path) -> None:
@@ -36,13 +40,25 @@ async def test_database_of_the_first_release_is_migrated(tmp_path: Path) -> None
     engine = await open_database(url)
     async with engine.begin() as conn:  # make it look like release 1: no index, no versions
         await conn.execute(text("DROP INDEX ix_scheduled_tasks_due"))
+        await conn.execute(text("DROP INDEX ix_task_executions_app_finished"))
         await conn.execute(text("DROP TABLE agentsched_schema"))
     await engine.dispose()
     versions, indexes = await _versions_and_indexes(url)
     assert versions == list(range(1, LATEST + 1))
-    assert "ix_scheduled_tasks_due" in indexes
+    assert {"ix_scheduled_tasks_due", "ix_task_executions_app_finished"} <= indexes
     again, _ = await _versions_and_indexes(url)  # idempotent
     assert again == versions
+
+
+async def test_database_of_version_2_gets_only_step_3(pg_url: str) -> None:
+    engine = await open_database(pg_url)
+    async with engine.begin() as conn:  # version 2: no retention index, no row 3
+        await conn.execute(text("DROP INDEX ix_task_executions_app_finished"))
+        await conn.execute(text("DELETE FROM agentsched_schema WHERE version >= 3"))
+    await engine.dispose()
+    versions, indexes = await _versions_and_indexes(pg_url)
+    assert versions == list(range(1, LATEST + 1)) and LATEST >= 3
+    assert {"ix_scheduled_tasks_due", "ix_task_executions_app_finished"} <= indexes
 
 
 async def test_connections_starting_together_on_one_sqlite_file(tmp_path: Path) -> None:

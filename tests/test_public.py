@@ -110,3 +110,13 @@ def test_task_decorator_names_and_options() -> None:
 def test_unsafe_names_are_rejected(name: str) -> None:
     with pytest.raises(agentsched.errors.InvalidInput):
         validate_name(name)
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [
+        name
+        for name in agentsched.Settings.model_fields
+        if f"| `AGENTSCHED_{name.upper()}` |" not in readme
+    ]
+    assert not missing, f"README settings table lacks {missing}"

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentsched.db.models import TaskExecution
 from agentsched.records import Execution, RawJSON, from_row
+from agentsched.status import TERMINAL
 
 log = logging.getLogger("agentsched.recorder")
 _UPDATABLE = [c.name for c in TaskExecution.__table__.columns if c.name != "id"]
@@ -135,6 +138,30 @@ class ExecutionStore:
                 raise IntegrityError(_PG_UPSERT, None, exc) from exc
             except asyncpg.DataError as exc:
                 raise DataError(_PG_UPSERT, None, exc) from exc
+
+    async def prune(self, app: str, before: dt.datetime, *, batch: int = 5_000) -> int:
+        """Delete one app's executions that ended before `before`; returns how many.
+
+        Only terminal rows go (queued and running ones stay whatever their age), in
+        batches of `batch` rows, each its own short transaction; on PostgreSQL rows
+        another worker is deleting are skipped rather than waited for.
+        """
+        T = TaskExecution
+        doomed = (
+            select(T.id)
+            .where(T.app == app, T.finished_at < before, T.status.in_(sorted(TERMINAL)))
+            .limit(batch)
+        )
+        if self.engine.dialect.name == "postgresql":
+            doomed = doomed.with_for_update(skip_locked=True)
+        total = 0
+        while True:
+            async with self.engine.begin() as conn:
+                deleted = (await conn.execute(delete(T).where(T.id.in_(doomed)))).rowcount
+            total += deleted
+            if deleted < batch:
+                return total
+            await asyncio.sleep(0)  # let the worker's other tasks in between batches
 
     async def get(self, app: str, execution_id: str) -> Execution | None:
         query = select(*_ROW).where(TaskExecution.id == execution_id, TaskExecution.app == app)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from sqlalchemy import Column, DateTime, Integer, MetaData, Table, func, inspect, select
 from sqlalchemy.engine import Connection
 
-from agentsched.db.models import Base, ScheduledTask
+from agentsched.db.models import Base, ScheduledTask, TaskExecution
 
 _meta = MetaData()
 schema_versions = Table(
@@ -26,16 +26,23 @@ schema_versions = Table(
 )
 
 
-def _due_index(conn: Connection) -> None:
-    """2: the scheduler tick's index on (app, enabled, next_run_at)."""
-    table = Base.metadata.tables[ScheduledTask.__tablename__]
-    for index in table.indexes:
-        if index.name == "ix_scheduled_tasks_due":
-            index.create(conn, checkfirst=True)
+def _index(table: str, name: str) -> Callable[[Connection], None]:
+    """A step that creates one index of the models (if it is not there yet)."""
+
+    def step(conn: Connection) -> None:
+        (index,) = [i for i in Base.metadata.tables[table].indexes if i.name == name]
+        index.create(conn, checkfirst=True)
+
+    return step
 
 
 # (version, step). Version 1 is the first release's tables, made by create_all.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(2, _due_index)]
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    # the scheduler tick's index on (app, enabled, next_run_at)
+    (2, _index(ScheduledTask.__tablename__, "ix_scheduled_tasks_due")),
+    # history retention's (and the finished_at sort's) index
+    (3, _index(TaskExecution.__tablename__, "ix_task_executions_app_finished")),
+]
 LATEST = max([1, *(version for version, _ in MIGRATIONS)])
 
 

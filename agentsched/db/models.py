@@ -97,6 +97,8 @@ class TaskExecution(Base):
         Index("ix_task_executions_app_enqueued", "app", "enqueued_at"),
         Index("ix_task_executions_app_status", "app", "status"),
         Index("ix_task_executions_app_function", "app", "function"),
+        # History retention deletes by end time; lists sort by it too.
+        Index("ix_task_executions_app_finished", "app", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
