@@ -12,6 +12,7 @@ from agentsched.errors import AgentschedError
 from agentsched.queue import TaskQueue
 from agentsched.records import Execution
 from agentsched.registry import task
+from agentsched.reporting import progress
 from agentsched.settings import Settings, get_settings
 from agentsched.status import ErrorKind, TaskStatus
 
@@ -29,6 +30,7 @@ __all__ = [
     "TaskStatus",
     "WorkerSettings",
     "get_settings",
+    "progress",
     "task",
 ]
 

@@ -37,6 +37,9 @@ class Execution:
     finished_at: dt.datetime | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
+    # What the task last reported with `agentsched.progress` (1.0 once it succeeded).
+    progress: float | None = None
+    progress_message: str | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -50,6 +53,10 @@ def _json(value: str | None, default: Any) -> Any:
         return loads(value)
     except ValueError:
         return default
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
 
 
 def _int_ms(value: str | None) -> int | None:
@@ -86,6 +93,8 @@ def from_redis(raw: Mapping[Any, Any]) -> Execution:
         finished_at=from_ms(_int_ms(h.get("finished_at"))),
         metadata=_json(h.get("metadata"), {}),
         seq=int(h.get("seq", "0")),
+        progress=_float(h.get("progress")),
+        progress_message=h.get("progress_message") or None,
     )
 
 
@@ -121,6 +130,8 @@ def snapshot_row(h: Mapping[str, str]) -> dict[str, Any]:
         "finished_at": from_ms(_int_ms(h.get("finished_at"))),
         "meta": RawJSON(h.get("metadata") or "{}"),
         "seq": int(h.get("seq", "0")),
+        "progress": _float(h.get("progress")),
+        "progress_message": h.get("progress_message") or None,
     }
 
 
@@ -145,4 +156,6 @@ def from_row(row: Any) -> Execution:
         finished_at=row.finished_at,
         metadata=row.meta or {},
         seq=row.seq,
+        progress=row.progress,
+        progress_message=row.progress_message,
     )

@@ -28,6 +28,8 @@ local function emit(xkey, records, events, maxlen, now_ms, event_type, ttl_ms)
     payload['error_kind'] = h['error_kind']
     payload['error'] = first_line(h['error'])
   end
+  if h['progress'] then payload['progress'] = tonumber(h['progress']) end
+  if h['progress_message'] then payload['progress_message'] = h['progress_message'] end
   local event = {
     id = h['id'] .. '-' .. seq, event_type = event_type, source_agent = h['app'],
     target_agent = cjson.null, payload = payload, created_at = tonumber(now_ms) / 1000,

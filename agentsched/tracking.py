@@ -67,7 +67,8 @@ if redis.call('HGET', xkey, 'cancel_requested') == '1' then
 end
 redis.call('HSET', xkey, 'status', 'running', 'started_at', now, 'attempt', attempt,
   'worker', worker)
-redis.call('HDEL', xkey, 'finished_at', 'error', 'error_kind', 'result')
+redis.call('HDEL', xkey, 'finished_at', 'error', 'error_kind', 'result', 'progress',
+  'progress_message')
 redis.call('SET', lease, worker, 'PX', lease_ms)
 redis.call('SADD', running, id)
 emit(xkey, records, events, maxlen, now, 'task.started', keep)
@@ -99,6 +100,9 @@ end
 redis.call('HSET', xkey, 'status', new, 'finished_at', now)
 if result ~= '' then redis.call('HSET', xkey, 'result', result) end
 if err ~= '' then redis.call('HSET', xkey, 'error', err, 'error_kind', kind) end
+if new == 'success' and redis.call('HEXISTS', xkey, 'progress') == 1 then
+  redis.call('HSET', xkey, 'progress', '1')
+end
 local names = {success = 'task.completed', failed = 'task.failed', cancelled = 'task.cancelled'}
 emit(xkey, records, events, maxlen, now, names[new], keep)
 return new
@@ -190,6 +194,21 @@ return new
 """
 
 
+_PROGRESS = """
+local id, now, worker, fraction, message = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local xkey, records, events = KEYS[1], C.records, C.events
+-- Only the worker running this attempt reports on it; anything late is dropped.
+if redis.call('HGET', xkey, 'status') ~= 'running'
+  or redis.call('HGET', xkey, 'worker') ~= worker then
+  return 0
+end
+if fraction ~= '' then redis.call('HSET', xkey, 'progress', fraction) end
+if message ~= '' then redis.call('HSET', xkey, 'progress_message', message) end
+emit(xkey, records, events, C.maxlen, now, 'task.progress', C.keep)
+return 1
+"""
+
+
 class Encoded(str):
     """A result already encoded as JSON (the worker checks it is JSON once)."""
 
@@ -208,6 +227,7 @@ class Tracker:
         consts = self._constants()
         self._start = redis.register_script(_PRELUDE + consts + _START)
         self._finish = redis.register_script(_PRELUDE + consts + _FINISH)
+        self._progress = redis.register_script(_PRELUDE + consts + _PROGRESS)
         self._cancel = redis.register_script(_PRELUDE + _CANCEL)
         self._reap = redis.register_script(_PRELUDE + _REAP)
         self._outside = redis.register_script(_PRELUDE + _OUTSIDE)
@@ -465,6 +485,19 @@ class Tracker:
                 pipe.pexpire(self.keys.lease(ident), ms)
             pipe.zadd(self.keys.workers, {worker: now_ms()})
             await pipe.execute()
+
+    async def progress(
+        self, execution_id: str, worker: str, fraction: float | None, message: str | None
+    ) -> bool:
+        """Record a running execution's progress; False if it is not this worker's now."""
+        args: list[str | int] = [
+            execution_id,
+            now_ms(),
+            worker,
+            "" if fraction is None else repr(float(fraction)),
+            message or "",
+        ]
+        return bool(await self._progress(keys=[self.keys.execution(execution_id)], args=args))
 
     async def get(self, execution_id: str) -> Execution | None:
         raw = await self.redis.hgetall(self.keys.execution(execution_id))  # type: ignore[misc]

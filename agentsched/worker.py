@@ -28,12 +28,14 @@ from arq.connections import RedisSettings
 from arq.jobs import DeserializationError, SerializationError
 from arq.worker import JobExecutionFailed, Retry, func
 
+from agentsched import reporting
 from agentsched.arq_pool import CLAIM, RidingArqRedis, StatusRides
 from agentsched.connections import connection_pool
 from agentsched.errors import AgentschedError, ConfigError
 from agentsched.keys import Keys
 from agentsched.recorder import Recorder
 from agentsched.registry import TaskDef, import_task_modules, registered
+from agentsched.reporting import Reporter
 from agentsched.retention import run_retention
 from agentsched.runtime import Runtime
 from agentsched.scheduler import SchedulerService, load_tasks_files
@@ -187,6 +189,12 @@ class JobRunner:
             return None  # cancelled (or already finished) before it started
         self.running.add(job_id)
         timeout = task_timeout(definition, self.settings)
+        tracker, worker = self.tracker, self.worker_id
+        reporter = Reporter(
+            lambda fraction, message: tracker.progress(job_id, worker, fraction, message),
+            asyncio.get_running_loop(),
+        )
+        token = reporting.current.set(reporter)
         try:
             async with asyncio.timeout(timeout) as deadline:
                 if definition.is_async:
@@ -195,9 +203,11 @@ class JobRunner:
                     result = await asyncio.to_thread(definition.func, *args, **kwargs)
             encoded = Encoded(dumps_str(result))
         except asyncio.CancelledError:
+            reporter.cancel()
             await self._interrupted(job_id, attempt)
             raise
         except Exception as exc:
+            await reporter.close()
             if isinstance(exc, TimeoutError) and deadline.expired():
                 kind, error = (
                     ErrorKind.TIMEOUT,
@@ -207,7 +217,9 @@ class JobRunner:
                 kind, error = ErrorKind.EXCEPTION, format_error(exc)
             return await self._failed(definition, job_id, attempt, kind, error)
         finally:
+            reporting.current.reset(token)
             self.running.discard(job_id)
+        await reporter.close()
         # Rides in arq's finish transaction of this job, right after we return.
         self.rides.finishes[job_id] = self.tracker.finish_command(
             job_id, "success", result=encoded, worker=self.worker_id

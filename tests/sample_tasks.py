@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from agentsched import task
+from agentsched import progress, task
 
 
 @task
@@ -69,3 +69,23 @@ async def lost(marker: str, seconds: float) -> str:
     path.write_text("\n".join([*runs, str(os.getpid())]))
     await asyncio.sleep(seconds if not runs else 0)
     return f"run {len(runs) + 1}"
+
+
+@task(name="tests.staged", timeout=30)
+async def staged(gate: str) -> str:
+    """Reports progress, then waits for the file `gate` before finishing."""
+    progress(0.25, "starting")  # written at once
+    progress(0.5, "halfway")  # written up to 0.5 s later
+    while not Path(gate).exists():  # noqa: ASYNC110  (a file the test process creates)
+        await asyncio.sleep(0.01)
+    progress(message="finishing")
+    return "staged"
+
+
+@task(name="tests.sync_staged")
+def sync_staged(steps: int) -> int:
+    """A plain def reporting from its thread, then failing after the last step."""
+    for i in range(steps):
+        progress((i + 1) / (steps + 1), f"step {i + 1} of {steps}")
+        time.sleep(0.01)
+    raise RuntimeError("after the last step")

@@ -41,6 +41,8 @@ async def test_database_of_the_first_release_is_migrated(tmp_path: Path) -> None
     async with engine.begin() as conn:  # make it look like release 1: no index, no versions
         await conn.execute(text("DROP INDEX ix_scheduled_tasks_due"))
         await conn.execute(text("DROP INDEX ix_task_executions_app_finished"))
+        await conn.execute(text("ALTER TABLE task_executions DROP COLUMN progress"))
+        await conn.execute(text("ALTER TABLE task_executions DROP COLUMN progress_message"))
         await conn.execute(text("DROP TABLE agentsched_schema"))
     await engine.dispose()
     versions, indexes = await _versions_and_indexes(url)
@@ -50,15 +52,24 @@ async def test_database_of_the_first_release_is_migrated(tmp_path: Path) -> None
     assert again == versions
 
 
-async def test_database_of_version_2_gets_only_step_3(pg_url: str) -> None:
+async def test_database_of_version_2_gets_the_later_steps(pg_url: str) -> None:
     engine = await open_database(pg_url)
-    async with engine.begin() as conn:  # version 2: no retention index, no row 3
+    async with engine.begin() as conn:  # version 2: no retention index, no progress columns
         await conn.execute(text("DROP INDEX ix_task_executions_app_finished"))
+        await conn.execute(text("ALTER TABLE task_executions DROP COLUMN progress"))
+        await conn.execute(text("ALTER TABLE task_executions DROP COLUMN progress_message"))
         await conn.execute(text("DELETE FROM agentsched_schema WHERE version >= 3"))
     await engine.dispose()
     versions, indexes = await _versions_and_indexes(pg_url)
-    assert versions == list(range(1, LATEST + 1)) and LATEST >= 3
+    assert versions == list(range(1, LATEST + 1)) and LATEST >= 4
     assert {"ix_scheduled_tasks_due", "ix_task_executions_app_finished"} <= indexes
+    engine = await open_database(pg_url)
+    async with engine.connect() as conn:
+        columns = await conn.run_sync(
+            lambda c: {col["name"] for col in inspect(c).get_columns("task_executions")}
+        )
+    await engine.dispose()
+    assert {"progress", "progress_message"} <= columns
 
 
 async def test_connections_starting_together_on_one_sqlite_file(tmp_path: Path) -> None:

@@ -128,6 +128,8 @@ class ExecutionRead(BaseModel):
                     "enqueued_at": "2025-01-01T07:00:00Z",
                     "started_at": "2025-01-01T07:00:00.003000Z",
                     "finished_at": "2025-01-01T07:00:00.210000Z",
+                    "progress": 1.0,
+                    "progress_message": "3 of 3 digests sent",
                 }
             ]
         },
@@ -149,6 +151,13 @@ class ExecutionRead(BaseModel):
     enqueued_at: dt.datetime | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    progress: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="What the task last reported with `agentsched.progress` (1 once it succeeded)",
+    )
+    progress_message: str | None = Field(default=None, description="Its last progress message")
 
     @classmethod
     def of(cls, execution: Execution) -> ExecutionRead:
@@ -170,6 +179,8 @@ class ExecutionRead(BaseModel):
             enqueued_at=execution.enqueued_at,
             started_at=execution.started_at,
             finished_at=execution.finished_at,
+            progress=execution.progress,
+            progress_message=execution.progress_message,
         )
 
 

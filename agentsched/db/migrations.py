@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, Table, func, inspect, select
+from sqlalchemy import Column, DateTime, Integer, MetaData, Table, func, inspect, select, text
 from sqlalchemy.engine import Connection
 
 from agentsched.db.models import Base, ScheduledTask, TaskExecution
@@ -36,12 +36,28 @@ def _index(table: str, name: str) -> Callable[[Connection], None]:
     return step
 
 
+def _columns(table: str, *names: str) -> Callable[[Connection], None]:
+    """A step that adds nullable columns of the models (those not there yet)."""
+
+    def step(conn: Connection) -> None:
+        have = {c["name"] for c in inspect(conn).get_columns(table)}
+        for name in names:
+            if name not in have:
+                column = Base.metadata.tables[table].c[name]
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
+
+    return step
+
+
 # (version, step). Version 1 is the first release's tables, made by create_all.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     # the scheduler tick's index on (app, enabled, next_run_at)
     (2, _index(ScheduledTask.__tablename__, "ix_scheduled_tasks_due")),
     # history retention's (and the finished_at sort's) index
     (3, _index(TaskExecution.__tablename__, "ix_task_executions_app_finished")),
+    # what a running task last reported with agentsched.progress
+    (4, _columns(TaskExecution.__tablename__, "progress", "progress_message")),
 ]
 LATEST = max([1, *(version for version, _ in MIGRATIONS)])
 

@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -125,3 +126,6 @@ class TaskExecution(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     # Order of the snapshot in Redis: a row only ever moves to a higher seq.
     seq: Mapped[int] = mapped_column(Integer, default=0)
+    # The task's last `agentsched.progress` report (migration step 4).
+    progress: Mapped[float | None] = mapped_column(Float, nullable=True)
+    progress_message: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -1,0 +1,116 @@
+"""Progress of a running task: `agentsched.progress(fraction, message)` from inside it.
+
+    @task
+    async def crawl(urls: list[str]) -> int:
+        for i, url in enumerate(urls):
+            ...
+            progress((i + 1) / len(urls), f"fetched {url}")
+
+The report lands on the execution (Redis at once, SQL with the next recorder batch),
+in `GET /executions/{id}` and as a `task.progress` event on the bus. Calls are cheap:
+reports are coalesced to at most one write per `INTERVAL` seconds per execution (the
+latest one wins) and the last one is written before the task's ending. Works from
+`async def` tasks and from plain `def` tasks in their thread; outside a task it does
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+
+log = logging.getLogger("agentsched.worker")
+INTERVAL = 0.5
+MAX_MESSAGE = 500
+
+Send = Callable[[float | None, str | None], Awaitable[object]]
+
+
+class Reporter:
+    """One execution's progress: the latest report and the one write in flight."""
+
+    def __init__(self, send: Send, loop: asyncio.AbstractEventLoop) -> None:
+        self._send = send
+        self.loop = loop
+        self._fraction: float | None = None
+        self._message: str | None = None
+        self._dirty = False
+        self._last = -math.inf
+        self._now: asyncio.Event | None = None  # set by close(): write without waiting
+        self._task: asyncio.Task[None] | None = None
+
+    def report(self, fraction: float | None, message: str | None) -> None:
+        """Keep the latest values (in the event loop's thread) and make sure they go out."""
+        if fraction is not None:
+            self._fraction = fraction
+        if message is not None:
+            self._message = message
+        self._dirty = True
+        if self._task is None:
+            self._now = self._now or asyncio.Event()
+            self._task = self.loop.create_task(self._write_soon())
+
+    async def _write_soon(self) -> None:
+        try:
+            while self._dirty:  # a report made during a write goes out after it
+                wait = self._last + INTERVAL - self.loop.time()
+                if wait > 0 and self._now is not None and not self._now.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._now.wait(), wait)
+                await self._write()
+        finally:
+            self._task = None
+
+    async def _write(self) -> None:
+        if not self._dirty:
+            return
+        self._dirty = False
+        self._last = self.loop.time()
+        try:
+            await self._send(self._fraction, self._message)
+        except Exception as exc:  # progress is best effort: the task goes on
+            log.warning("cannot record progress: %s: %s", type(exc).__name__, exc)
+
+    async def close(self) -> None:
+        """Write the latest report now (before the task's ending is recorded)."""
+        if self._task is not None:
+            assert self._now is not None
+            self._now.set()
+            await self._task
+        await self._write()
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+current: ContextVar[Reporter | None] = ContextVar("agentsched_progress", default=None)
+
+
+def progress(fraction: float | None = None, message: str | None = None) -> None:
+    """Report how far the running task is (0.0 to 1.0) and/or what it is doing now."""
+    if fraction is not None:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            raise TypeError(f"progress: fraction must be a number, not {type(fraction).__name__}")
+        if not 0.0 <= fraction <= 1.0:  # also rejects NaN
+            raise ValueError(f"progress: fraction must be between 0 and 1, got {fraction!r}")
+        fraction = float(fraction)
+    if message is not None:
+        if not isinstance(message, str):
+            raise TypeError(f"progress: message must be a string, not {type(message).__name__}")
+        message = message[:MAX_MESSAGE]
+    reporter = current.get()
+    if reporter is None or (fraction is None and not message):
+        return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is reporter.loop:
+        reporter.report(fraction, message)
+    else:  # a plain `def` task in its thread
+        reporter.loop.call_soon_threadsafe(reporter.report, fraction, message)
