@@ -20,11 +20,13 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 
 log = logging.getLogger("agentsched.worker")
 INTERVAL = 0.5
+CLOSE_WAIT = 1.0  # longest the last report may hold up a task's ending
 MAX_MESSAGE = 500
 
 Send = Callable[[float | None, str | None], Awaitable[object]]
@@ -42,9 +44,15 @@ class Reporter:
         self._last = -math.inf
         self._now: asyncio.Event | None = None  # set by close(): write without waiting
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        # Reports from a plain `def` task's thread: the latest, and one hop to the loop.
+        self._lock = threading.Lock()
+        self._from_thread: tuple[float | None, str | None] | None = None
 
     def report(self, fraction: float | None, message: str | None) -> None:
         """Keep the latest values (in the event loop's thread) and make sure they go out."""
+        if self._closed:  # e.g. a timed-out thread still reporting: its attempt is over
+            return
         if fraction is not None:
             self._fraction = fraction
         if message is not None:
@@ -75,15 +83,43 @@ class Reporter:
         except Exception as exc:  # progress is best effort: the task goes on
             log.warning("cannot record progress: %s: %s", type(exc).__name__, exc)
 
-    async def close(self) -> None:
-        """Write the latest report now (before the task's ending is recorded)."""
-        if self._task is not None:
-            assert self._now is not None
-            self._now.set()
-            await self._task
-        await self._write()
+    def report_from_thread(self, fraction: float | None, message: str | None) -> None:
+        """`report` for another thread: merged under a lock, one loop callback at a time."""
+        with self._lock:
+            if self._from_thread is not None:
+                old_fraction, old_message = self._from_thread
+                fraction = old_fraction if fraction is None else fraction
+                message = old_message if message is None else message
+                self._from_thread = (fraction, message)
+                return  # the callback already on its way takes these too
+            self._from_thread = (fraction, message)
+        self.loop.call_soon_threadsafe(self._take_from_thread)
+
+    def _take_from_thread(self) -> None:
+        with self._lock:
+            pending, self._from_thread = self._from_thread, None
+        if pending is not None:
+            self.report(*pending)
+
+    async def close(self, wait: float = CLOSE_WAIT) -> None:
+        """Write the latest report now, before the task's ending is recorded.
+
+        Waits at most `wait` seconds (Redis may hang): the ending matters more.
+        """
+        self._closed = True
+        try:
+            async with asyncio.timeout(wait):
+                if self._task is not None:
+                    assert self._now is not None
+                    self._now.set()
+                    await self._task
+                await self._write()
+        except TimeoutError:
+            self.cancel()
+            log.warning("progress: the last report was not written within %.1fs", wait)
 
     def cancel(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
 
@@ -113,4 +149,4 @@ def progress(fraction: float | None = None, message: str | None = None) -> None:
     if running is reporter.loop:
         reporter.report(fraction, message)
     else:  # a plain `def` task in its thread
-        reporter.loop.call_soon_threadsafe(reporter.report, fraction, message)
+        reporter.report_from_thread(fraction, message)

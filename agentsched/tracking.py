@@ -195,11 +195,13 @@ return new
 
 
 _PROGRESS = """
-local id, now, worker, fraction, message = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local id, now, worker, attempt = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local fraction, message = ARGV[5], ARGV[6]
 local xkey, records, events = KEYS[1], C.records, C.events
 -- Only the worker running this attempt reports on it; anything late is dropped.
 if redis.call('HGET', xkey, 'status') ~= 'running'
-  or redis.call('HGET', xkey, 'worker') ~= worker then
+  or redis.call('HGET', xkey, 'worker') ~= worker
+  or redis.call('HGET', xkey, 'attempt') ~= attempt then
   return 0
 end
 if fraction ~= '' then redis.call('HSET', xkey, 'progress', fraction) end
@@ -487,13 +489,19 @@ class Tracker:
             await pipe.execute()
 
     async def progress(
-        self, execution_id: str, worker: str, fraction: float | None, message: str | None
+        self,
+        execution_id: str,
+        worker: str,
+        attempt: int,
+        fraction: float | None,
+        message: str | None,
     ) -> bool:
-        """Record a running execution's progress; False if it is not this worker's now."""
+        """Record a running attempt's progress; False if that attempt is not running here."""
         args: list[str | int] = [
             execution_id,
             now_ms(),
             worker,
+            str(attempt),
             "" if fraction is None else repr(float(fraction)),
             message or "",
         ]

@@ -191,7 +191,7 @@ class JobRunner:
         timeout = task_timeout(definition, self.settings)
         tracker, worker = self.tracker, self.worker_id
         reporter = Reporter(
-            lambda fraction, message: tracker.progress(job_id, worker, fraction, message),
+            lambda fraction, message: tracker.progress(job_id, worker, attempt, fraction, message),
             asyncio.get_running_loop(),
         )
         token = reporting.current.set(reporter)
@@ -202,6 +202,7 @@ class JobRunner:
                 else:
                     result = await asyncio.to_thread(definition.func, *args, **kwargs)
             encoded = Encoded(dumps_str(result))
+            await reporter.close()  # still in `running`: its lease stays renewed
         except asyncio.CancelledError:
             reporter.cancel()
             await self._interrupted(job_id, attempt)
@@ -219,7 +220,6 @@ class JobRunner:
         finally:
             reporting.current.reset(token)
             self.running.discard(job_id)
-        await reporter.close()
         # Rides in arq's finish transaction of this job, right after we return.
         self.rides.finishes[job_id] = self.tracker.finish_command(
             job_id, "success", result=encoded, worker=self.worker_id

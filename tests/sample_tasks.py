@@ -89,3 +89,17 @@ def sync_staged(steps: int) -> int:
         progress((i + 1) / (steps + 1), f"step {i + 1} of {steps}")
         time.sleep(0.01)
     raise RuntimeError("after the last step")
+
+
+@task(name="tests.overrun", timeout=0.5, max_retries=1, retry_backoff=0.05)
+def overrun(marker: str) -> str:
+    """Attempt 1 overruns its timeout in its thread and keeps reporting; attempt 2 doesn't."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("1")
+        for i in range(150):
+            progress(message=f"attempt 1 late {i}")
+            time.sleep(0.01)
+        return "attempt 1"
+    time.sleep(0.3)  # attempt 1's thread is still reporting meanwhile
+    return "attempt 2"

@@ -63,6 +63,51 @@ async def test_reports_are_coalesced_and_the_last_one_is_written_on_close() -> N
     assert sent == [(0.01, "item 1"), (1.0, "wrapping up")]
 
 
+async def test_reports_from_a_thread_are_merged_before_they_reach_the_loop() -> None:
+    sent: list[tuple[float | None, str | None]] = []
+
+    async def send(fraction: float | None, message: str | None) -> None:
+        sent.append((fraction, message))
+
+    reporter = Reporter(send, asyncio.get_running_loop())
+    calls = 0
+    original = reporter.report
+
+    def counting(fraction: float | None, message: str | None) -> None:
+        nonlocal calls
+        calls += 1
+        original(fraction, message)
+
+    reporter.report = counting  # type: ignore[method-assign]
+
+    def work() -> None:
+        for i in range(1, 2001):
+            progress(i / 2000)
+        progress(message="done")
+
+    token = current.set(reporter)
+    try:
+        await asyncio.to_thread(work)
+    finally:
+        current.reset(token)
+    await reporter.close()
+    assert calls < 2001  # merged in the thread, not one loop callback per call
+    assert sent[-1] == (1.0, "done")
+
+
+async def test_a_hanging_write_holds_the_ending_up_for_a_bounded_time() -> None:
+    async def send(fraction: float | None, message: str | None) -> None:
+        await asyncio.sleep(60)  # Redis accepted the command and never answered
+
+    reporter = Reporter(send, asyncio.get_running_loop())
+    reporter.report(0.5, "stuck")
+    started = asyncio.get_running_loop().time()
+    await reporter.close(wait=0.2)
+    assert asyncio.get_running_loop().time() - started < 1
+    reporter.report(0.9, "after the end")  # ignored once closed
+    assert reporter._task is None
+
+
 async def test_a_failing_write_does_not_reach_the_task() -> None:
     async def send(fraction: float | None, message: str | None) -> None:
         raise ConnectionError("redis went away")
@@ -123,6 +168,18 @@ async def test_a_thread_task_reports_and_a_failure_keeps_the_last_report(
         assert (failed.progress, failed.progress_message) == (0.75, "step 3 of 3")
         row = await wait_sql(queue, execution.id, lambda r: r.status is TaskStatus.FAILED)
         assert (row.progress, row.progress_message) == (0.75, "step 3 of 3")
+
+
+async def test_a_timed_out_threads_late_reports_do_not_reach_the_retry(
+    settings: Settings, run_worker: Any, tmp_path: Path
+) -> None:
+    await run_worker()
+    async with TaskQueue(settings) as queue:
+        execution = await queue.enqueue("tests.overrun", args=[str(tmp_path / "marker")])
+        assert await queue.get_result(execution.id, timeout=15) == "attempt 2"
+        done = await queue.get_execution(execution.id)
+        assert done.attempt == 2
+        assert (done.progress, done.progress_message) == (None, None)
 
 
 async def test_the_api_shows_progress(settings: Settings, run_worker: Any, tmp_path: Path) -> None:
