@@ -35,16 +35,26 @@ async def test_fresh_database_is_stamped_latest(tmp_path: Path) -> None:
     assert {"ix_scheduled_tasks_due", "ix_task_executions_app_finished"} <= indexes
 
 
+async def _undo_steps_3_and_4(url: str, *more: str) -> None:
+    """Make a current database look older: no retention index, no progress columns."""
+    engine = await open_database(url)
+    async with engine.begin() as conn:
+        for sql in (
+            "DROP INDEX ix_task_executions_app_finished",
+            "ALTER TABLE task_executions DROP COLUMN progress",
+            "ALTER TABLE task_executions DROP COLUMN progress_message",
+            *more,
+        ):
+            await conn.execute(text(sql))
+    await engine.dispose()
+
+
 async def test_database_of_the_first_release_is_migrated(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/old.db"
-    engine = await open_database(url)
-    async with engine.begin() as conn:  # make it look like release 1: no index, no versions
-        await conn.execute(text("DROP INDEX ix_scheduled_tasks_due"))
-        await conn.execute(text("DROP INDEX ix_task_executions_app_finished"))
-        await conn.execute(text("ALTER TABLE task_executions DROP COLUMN progress"))
-        await conn.execute(text("ALTER TABLE task_executions DROP COLUMN progress_message"))
-        await conn.execute(text("DROP TABLE agentsched_schema"))
-    await engine.dispose()
+    # release 1: not the due index either, and no versions at all
+    await _undo_steps_3_and_4(
+        url, "DROP INDEX ix_scheduled_tasks_due", "DROP TABLE agentsched_schema"
+    )
     versions, indexes = await _versions_and_indexes(url)
     assert versions == list(range(1, LATEST + 1))
     assert {"ix_scheduled_tasks_due", "ix_task_executions_app_finished"} <= indexes
@@ -53,13 +63,7 @@ async def test_database_of_the_first_release_is_migrated(tmp_path: Path) -> None
 
 
 async def test_database_of_version_2_gets_the_later_steps(pg_url: str) -> None:
-    engine = await open_database(pg_url)
-    async with engine.begin() as conn:  # version 2: no retention index, no progress columns
-        await conn.execute(text("DROP INDEX ix_task_executions_app_finished"))
-        await conn.execute(text("ALTER TABLE task_executions DROP COLUMN progress"))
-        await conn.execute(text("ALTER TABLE task_executions DROP COLUMN progress_message"))
-        await conn.execute(text("DELETE FROM agentsched_schema WHERE version >= 3"))
-    await engine.dispose()
+    await _undo_steps_3_and_4(pg_url, "DELETE FROM agentsched_schema WHERE version >= 3")
     versions, indexes = await _versions_and_indexes(pg_url)
     assert versions == list(range(1, LATEST + 1)) and LATEST >= 4
     assert {"ix_scheduled_tasks_due", "ix_task_executions_app_finished"} <= indexes
