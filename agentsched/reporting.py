@@ -42,7 +42,7 @@ class Reporter:
         self._message: str | None = None
         self._dirty = False
         self._last = -math.inf
-        self._now: asyncio.Event | None = None  # set by close(): write without waiting
+        self._now = asyncio.Event()  # set by close(): write without waiting
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         # Reports from a plain `def` task's thread: the latest, and one hop to the loop.
@@ -59,14 +59,13 @@ class Reporter:
             self._message = message
         self._dirty = True
         if self._task is None:
-            self._now = self._now or asyncio.Event()
             self._task = self.loop.create_task(self._write_soon())
 
     async def _write_soon(self) -> None:
         try:
             while self._dirty:  # a report made during a write goes out after it
                 wait = self._last + INTERVAL - self.loop.time()
-                if wait > 0 and self._now is not None and not self._now.is_set():
+                if wait > 0 and not self._now.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._now.wait(), wait)
                 await self._write()
@@ -109,9 +108,8 @@ class Reporter:
         self._closed = True
         try:
             async with asyncio.timeout(wait):
+                self._now.set()
                 if self._task is not None:
-                    assert self._now is not None
-                    self._now.set()
                     await self._task
                 await self._write()
         except TimeoutError:

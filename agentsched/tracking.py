@@ -195,8 +195,7 @@ return new
 
 
 _PROGRESS = """
-local id, now, worker, attempt = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local fraction, message = ARGV[5], ARGV[6]
+local now, worker, attempt, fraction, message = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local xkey, records, events = KEYS[1], C.records, C.events
 -- Only the worker running this attempt reports on it; anything late is dropped.
 if redis.call('HGET', xkey, 'status') ~= 'running'
@@ -393,28 +392,12 @@ class Tracker:
         for script in (self._start, self._finish):
             await self.redis.script_load(script.script)
 
-    async def finish(
-        self,
-        execution_id: str,
-        status: str,
-        *,
-        result: Any = None,
-        error: str = "",
-        error_kind: str = "",
-        next_attempt: int = 0,
-        worker: str = "",
-    ) -> str:
-        """End an attempt: success/failed/cancelled, or back to queued (a retry)."""
-        command = self.finish_command(
-            execution_id,
-            status,
-            result=result,
-            error=error,
-            error_kind=error_kind,
-            next_attempt=next_attempt,
-            worker=worker,
-        )
-        return await self.run_command(command)
+    async def finish(self, execution_id: str, status: str, **options: Any) -> str:
+        """End an attempt: success/failed/cancelled, or back to queued (a retry).
+
+        Takes `finish_command`'s options and runs its command on its own.
+        """
+        return await self.run_command(self.finish_command(execution_id, status, **options))
 
     async def cancel(self, execution_id: str, *, force: bool = False) -> str:
         """'cancelled', 'cancelling' (a worker will stop it), 'missing' or the terminal status."""
@@ -498,7 +481,6 @@ class Tracker:
     ) -> bool:
         """Record a running attempt's progress; False if that attempt is not running here."""
         args: list[str | int] = [
-            execution_id,
             now_ms(),
             worker,
             str(attempt),

@@ -35,7 +35,6 @@ from agentsched.errors import AgentschedError, ConfigError
 from agentsched.keys import Keys
 from agentsched.recorder import Recorder
 from agentsched.registry import TaskDef, import_task_modules, registered
-from agentsched.reporting import Reporter
 from agentsched.retention import run_retention
 from agentsched.runtime import Runtime
 from agentsched.scheduler import SchedulerService, load_tasks_files
@@ -190,7 +189,7 @@ class JobRunner:
         self.running.add(job_id)
         timeout = task_timeout(definition, self.settings)
         tracker, worker = self.tracker, self.worker_id
-        reporter = Reporter(
+        reporter = reporting.Reporter(
             lambda fraction, message: tracker.progress(job_id, worker, attempt, fraction, message),
             asyncio.get_running_loop(),
         )

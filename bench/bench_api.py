@@ -48,9 +48,9 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from agentsched.db.engine import open_database
+from bench.common import pg_admin, pg_url, verdict
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
-PG_ADMIN = os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_DB = f"agentsched_bench_api_{os.getpid()}"
 APP = "bench-api"
 GET_P50_TARGET_MS = 20.0
@@ -86,22 +86,10 @@ def bare_app() -> FastAPI:
 
 
 # --- setup -------------------------------------------------------------------------------
-async def pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def pg_url(driver: str = "postgresql+asyncpg") -> str:
-    return PG_ADMIN.rsplit("/", 1)[0].replace("postgresql", driver, 1) + "/" + PG_DB
-
-
 async def seed(rows: int) -> float:
     """Create the tables and COPY `rows` executions of APP in; returns seconds taken."""
     started = time.perf_counter()
-    engine = await open_database(pg_url())
+    engine = await open_database(pg_url(PG_DB))
     await engine.dispose()
     base = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
     records = []
@@ -119,7 +107,7 @@ async def seed(rows: int) -> float:
             enqueued + dt.timedelta(milliseconds=40) if done else None,
             json.dumps({"by": "bench"}), 3,
         ))  # fmt: skip
-    conn = await asyncpg.connect(pg_url("postgresql"))
+    conn = await asyncpg.connect(pg_url(PG_DB, "postgresql"))
     try:
         await conn.copy_records_to_table(
             "task_executions",
@@ -250,15 +238,11 @@ async def database() -> AsyncIterator[None]:
         await pg_admin(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
 async def run(args: argparse.Namespace) -> int:
     prefix = f"bench:api:{uuid.uuid4().hex[:8]}:"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSCHED_")}
     env.update(
-        AGENTSCHED_REDIS_URL=REDIS_URL, AGENTSCHED_DATABASE_URL=pg_url(), AGENTSCHED_APP=APP,
+        AGENTSCHED_REDIS_URL=REDIS_URL, AGENTSCHED_DATABASE_URL=pg_url(PG_DB), AGENTSCHED_APP=APP,
         AGENTSCHED_REDIS_PREFIX=prefix, AGENTSCHED_TASK_MODULES="tests.sample_tasks",
         AGENTSCHED_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT),
     )  # fmt: skip

@@ -26,7 +26,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import uvloop
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
@@ -42,23 +41,15 @@ from agentsched.db.models import TaskExecution
 from agentsched.runtime import Runtime
 from agentsched.settings import Settings, load_settings
 from agentsched.worker import build_worker_settings
+from bench.common import pg_admin, pg_url, verdict
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
-PG_ADMIN = os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_DB = f"agentsched_bench_{os.getpid()}"
 POLL = 0.002
 
 
 async def raw_noop(ctx: dict[str, Any]) -> None:
     return None
-
-
-async def pg(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def cleanup_redis(prefix: str) -> None:
@@ -177,21 +168,17 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
 async def main(args: argparse.Namespace) -> int:
     from bench import bench_tasks  # noqa: F401  registers bench.noop
 
-    await pg(f'CREATE DATABASE "{PG_DB}"')
+    await pg_admin(f'CREATE DATABASE "{PG_DB}"')
     prefix = f"bench:{uuid.uuid4().hex[:8]}:"
     settings = load_settings(
         redis_url=REDIS_URL,
         redis_prefix=prefix,
         app="bench",
         poll_delay=POLL,
-        database_url=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{PG_DB}",
+        database_url=pg_url(PG_DB),
         task_modules=["bench.bench_tasks"],
         scheduler_enabled=False,
     )
@@ -241,7 +228,7 @@ async def main(args: argparse.Namespace) -> int:
         print(f"worker memory: RSS {rss / 1024:.1f} MiB, peak {hwm / 1024:.1f} MiB")
     finally:
         await cleanup_redis(prefix)
-        await pg(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
+        await pg_admin(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
     return 1 if failures else 0
 
 

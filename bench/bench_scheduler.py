@@ -25,7 +25,6 @@ import uuid
 from itertools import pairwise
 from pathlib import Path
 
-import asyncpg
 import redis.asyncio as aioredis
 from sqlalchemy import update
 
@@ -37,23 +36,11 @@ from agentsched.registry import import_task_modules
 from agentsched.runtime import Runtime
 from agentsched.scheduler import Scheduler, SchedulerService
 from agentsched.settings import load_settings
+from bench.common import pg_admin, pg_url, verdict
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
-PG_ADMIN = os.environ.get("BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_DB = f"agentsched_bench_sched_{os.getpid()}"
 PREFIX = f"bench-sched:{uuid.uuid4().hex[:8]}:"
-
-
-async def pg(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def pct(values: list[int], q: float) -> float:
@@ -124,9 +111,8 @@ async def cleanup(runtime: Runtime, apps: list[str]) -> None:
 
 async def main(args: argparse.Namespace) -> int:
     import_task_modules(["tests.sample_tasks"])
-    await pg(f'CREATE DATABASE "{PG_DB}"')
-    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    settings = load_settings(redis_url=REDIS_URL, database_url=f"{base}/{PG_DB}",
+    await pg_admin(f'CREATE DATABASE "{PG_DB}"')
+    settings = load_settings(redis_url=REDIS_URL, database_url=pg_url(PG_DB),
                              app="bench-few", redis_prefix=PREFIX)  # fmt: skip
     ok = True
     runtime = await Runtime(settings).open()
@@ -172,7 +158,7 @@ async def main(args: argparse.Namespace) -> int:
     finally:
         await cleanup(runtime, ["bench-few", "bench-many"])
         await runtime.close()
-        await pg(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
+        await pg_admin(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
     return 0 if ok else 1
 
 
