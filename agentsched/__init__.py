@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from agentsched.errors import AgentschedError
-from agentsched.queue import TaskQueue
-from agentsched.records import Execution
+from agentsched.execution import Execution
+from agentsched.jobs.progress import progress
+from agentsched.jobs.queue import TaskQueue
 from agentsched.registry import task
-from agentsched.reporting import progress
 from agentsched.settings import Settings, get_settings
 from agentsched.status import ErrorKind, TaskStatus
 

@@ -86,7 +86,7 @@ def _line_of(path: Path, key: str, task_name: str | None = None) -> str:
 
 def validate_file(path: Path, modules: list[str] | None = None) -> int:
     """Check a tasks file against its app's own task modules; the number of tasks."""
-    from agentsched.tasks_file import parse_tasks_file
+    from agentsched.scheduling.tasks_file import parse_tasks_file
 
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
@@ -156,7 +156,7 @@ def _show(execution: Any) -> str:
 
 
 async def cmd_enqueue(args: argparse.Namespace) -> int:
-    from agentsched.queue import TaskQueue
+    from agentsched.jobs.queue import TaskQueue
 
     call_args = _json_arg(args.args, "args", list)
     call_kwargs = _json_arg(args.kwargs, "kwargs", dict)
@@ -186,8 +186,8 @@ def _when(value: Any) -> str:
 
 
 async def cmd_tasks(args: argparse.Namespace) -> int:
-    from agentsched.runtime import Runtime
-    from agentsched.scheduler import Scheduler
+    from agentsched.jobs.runtime import Runtime
+    from agentsched.scheduling.service import Scheduler
 
     async with Runtime() as runtime:
         items, total = await Scheduler(runtime).list(limit=args.limit)
@@ -202,7 +202,7 @@ async def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 async def cmd_executions(args: argparse.Namespace) -> int:
-    from agentsched.queue import TaskQueue
+    from agentsched.jobs.queue import TaskQueue
 
     async with TaskQueue() as queue:
         items, total = await queue.list_executions(

@@ -25,9 +25,9 @@ from typing import Any
 import httpx
 import yaml
 
-from agentsched.embedded import HOST, EmbeddedRedis, port_is_free
+from agentsched.embedded_redis import HOST, EmbeddedRedis, port_is_free
 from agentsched.errors import ConfigError
-from agentsched.runtime import Runtime
+from agentsched.jobs.runtime import Runtime
 from agentsched.settings import load_settings, mask_url
 
 SHARED_ENV = Path("config/agentsched.env")

@@ -28,21 +28,21 @@ from arq.connections import RedisSettings
 from arq.jobs import DeserializationError, SerializationError
 from arq.worker import JobExecutionFailed, Retry, func
 
-from agentsched import reporting
-from agentsched.arq_pool import CLAIM, RidingArqRedis, StatusRides
 from agentsched.connections import connection_pool
 from agentsched.errors import AgentschedError, ConfigError
+from agentsched.jobs import progress as progress_reports
+from agentsched.jobs.arq_pool import CLAIM, RidingArqRedis, StatusRides
+from agentsched.jobs.recorder import Recorder
+from agentsched.jobs.retention import run_retention
+from agentsched.jobs.runtime import Runtime
+from agentsched.jobs.tracker import Encoded, Tracker
 from agentsched.keys import Keys
-from agentsched.recorder import Recorder
 from agentsched.registry import TaskDef, import_task_modules, registered
-from agentsched.retention import run_retention
-from agentsched.runtime import Runtime
-from agentsched.scheduler import SchedulerService, load_tasks_files
+from agentsched.scheduling.service import SchedulerService, load_tasks_files
+from agentsched.scheduling.tasks_file import parse_tasks_file
 from agentsched.serialization import dumps, dumps_str, loads
 from agentsched.settings import Settings, get_settings
 from agentsched.status import ErrorKind
-from agentsched.tasks_file import parse_tasks_file
-from agentsched.tracking import Encoded, Tracker
 
 log = logging.getLogger("agentsched.worker")
 # Slack arq gives a job beyond its tries, so a run interrupted by a shutdown is re-run.
@@ -189,11 +189,11 @@ class JobRunner:
         self.running.add(job_id)
         timeout = task_timeout(definition, self.settings)
         tracker, worker = self.tracker, self.worker_id
-        reporter = reporting.Reporter(
+        reporter = progress_reports.Reporter(
             lambda fraction, message: tracker.progress(job_id, worker, attempt, fraction, message),
             asyncio.get_running_loop(),
         )
-        token = reporting.current.set(reporter)
+        token = progress_reports.current.set(reporter)
         try:
             async with asyncio.timeout(timeout) as deadline:
                 if definition.is_async:
@@ -217,7 +217,7 @@ class JobRunner:
                 kind, error = ErrorKind.EXCEPTION, format_error(exc)
             return await self._failed(definition, job_id, attempt, kind, error)
         finally:
-            reporting.current.reset(token)
+            progress_reports.current.reset(token)
             self.running.discard(job_id)
         # Rides in arq's finish transaction of this job, right after we return.
         self.rides.finishes[job_id] = self.tracker.finish_command(

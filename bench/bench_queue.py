@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from agentsched import TaskQueue
 from agentsched.connections import connection_pool
 from agentsched.db.models import TaskExecution
-from agentsched.runtime import Runtime
+from agentsched.jobs.runtime import Runtime
 from agentsched.settings import Settings, load_settings
 from agentsched.worker import build_worker_settings
 from bench.common import pg_admin, pg_url, verdict

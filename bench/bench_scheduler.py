@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agentsched.db.schedules import T
+from agentsched.jobs.runtime import Runtime
 from agentsched.registry import import_task_modules
-from agentsched.runtime import Runtime
-from agentsched.scheduler import Scheduler, SchedulerService
+from agentsched.scheduling.service import Scheduler, SchedulerService
 from agentsched.settings import load_settings
 from bench.common import pg_admin, pg_url, verdict
 

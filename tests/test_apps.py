@@ -24,7 +24,7 @@ import yaml
 
 from agentsched import EventBus
 from agentsched.dev import read_env_file
-from agentsched.embedded import free_port
+from agentsched.embedded_redis import free_port
 from agentsched.settings import Settings, load_settings
 from tests.conftest import REDIS_URL, delete_prefix
 from tests.test_dev import APP_NAMES, ROOT, DevProcess, clean_env, free_port_run

@@ -15,8 +15,8 @@ import pytest
 
 from agentsched import EventBus, TaskQueue
 from agentsched.cli import main
-from agentsched.runtime import Runtime
-from agentsched.scheduler import Scheduler
+from agentsched.jobs.runtime import Runtime
+from agentsched.scheduling.service import Scheduler
 from agentsched.settings import Settings
 from tests.conftest import subprocess_env
 

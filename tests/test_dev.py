@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from agentsched.dev import discover_apps, load_log_config, read_env_file
-from agentsched.embedded import EmbeddedRedis, free_port, port_is_free
+from agentsched.embedded_redis import EmbeddedRedis, free_port, port_is_free
 from agentsched.errors import ConfigError, ServiceUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent

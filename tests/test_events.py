@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from agentsched.errors import InvalidEvent, NotFound, ServiceUnavailable
 from agentsched.events import EventBus, EventMessage, Subscription
-from agentsched.events_sse import sse_stream
+from agentsched.events.sse import sse_stream
 from agentsched.settings import Settings, load_settings
 
 REDIS_URL = os.environ.get("AGENTSCHED_TEST_EVENTS_REDIS_URL", "redis://127.0.0.1:6379/11")

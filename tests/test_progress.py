@@ -13,8 +13,8 @@ import redis.asyncio as aioredis
 
 from agentsched import TaskQueue, TaskStatus, progress
 from agentsched.errors import ExecutionFailed
+from agentsched.jobs.progress import Reporter, current
 from agentsched.keys import Keys
-from agentsched.reporting import Reporter, current
 from agentsched.settings import Settings
 from tests.test_api_support import build_app, eventually, serve
 from tests.test_queue import wait_sql

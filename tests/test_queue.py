@@ -23,8 +23,8 @@ from agentsched.errors import (
     ResultTimeout,
     UnknownFunction,
 )
+from agentsched.execution import Execution
 from agentsched.keys import Keys
-from agentsched.records import Execution
 from agentsched.settings import Settings
 from tests import sample_tasks
 

@@ -13,7 +13,7 @@ import pytest
 from agentsched.db.engine import open_database
 from agentsched.db.executions import ExecutionStore
 from agentsched.errors import ConfigError
-from agentsched.retention import prune_history, run_retention
+from agentsched.jobs.retention import prune_history, run_retention
 from agentsched.settings import load_settings
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from agentsched import scheduler as scheduler_module
 from agentsched.errors import Conflict, InvalidInput, InvalidSchedule, NotFound, UnknownFunction
-from agentsched.queue import TaskQueue, scheduled_execution_id
+from agentsched.jobs.queue import TaskQueue, scheduled_execution_id
+from agentsched.jobs.runtime import Runtime
 from agentsched.registry import import_task_modules
-from agentsched.runtime import Runtime
-from agentsched.scheduler import Scheduler, SchedulerService
+from agentsched.scheduling import service as scheduler_module
+from agentsched.scheduling.service import Scheduler, SchedulerService
 from agentsched.settings import Settings
 from agentsched.status import TaskStatus
 

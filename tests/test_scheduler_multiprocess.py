@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from agentsched.jobs.runtime import Runtime
 from agentsched.registry import import_task_modules
-from agentsched.runtime import Runtime
-from agentsched.scheduler import Scheduler
+from agentsched.scheduling.service import Scheduler
 from agentsched.settings import Settings
 from agentsched.status import TaskStatus
 from tests.conftest import subprocess_env

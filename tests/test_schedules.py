@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agentsched.errors import InvalidSchedule
-from agentsched.schedules import (
+from agentsched.scheduling.rules import (
     ScheduleSpec,
     next_fire,
     parse_interval,

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from agentsched.errors import TasksFileError
+from agentsched.jobs.runtime import Runtime
 from agentsched.registry import import_task_modules
-from agentsched.runtime import Runtime
-from agentsched.scheduler import Scheduler, load_tasks_files
+from agentsched.scheduling.service import Scheduler, load_tasks_files
+from agentsched.scheduling.tasks_file import parse_tasks_file
 from agentsched.settings import Settings
-from agentsched.tasks_file import parse_tasks_file
 
 import_task_modules(["tests.sample_tasks"])
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from agentsched import TaskQueue, TaskStatus
+from agentsched.jobs.tracker import Tracker
 from agentsched.settings import Settings
-from agentsched.tracking import Tracker
 
 
 async def _running(queue: TaskQueue, worker: str) -> tuple[Tracker, str]:

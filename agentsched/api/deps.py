@@ -21,10 +21,10 @@ from fastapi.security import APIKeyHeader
 from starlette.types import Message
 
 from agentsched.api.errors import NotStarted, PayloadTooLarge, Unauthorized, error_response
-from agentsched.queue import TaskQueue
-from agentsched.recorder import Recorder
-from agentsched.runtime import Runtime
-from agentsched.scheduler import Scheduler
+from agentsched.jobs.queue import TaskQueue
+from agentsched.jobs.recorder import Recorder
+from agentsched.jobs.runtime import Runtime
+from agentsched.scheduling.service import Scheduler
 from agentsched.settings import Settings
 
 STATE_ATTR = "agentsched"

@@ -29,11 +29,11 @@ from typing import Any
 
 from agentsched.api.deps import STATE_ATTR, ApiState
 from agentsched.errors import AgentschedError
-from agentsched.queue import TaskQueue
-from agentsched.recorder import Recorder
+from agentsched.jobs.queue import TaskQueue
+from agentsched.jobs.recorder import Recorder
+from agentsched.jobs.runtime import Runtime
 from agentsched.registry import import_task_modules
-from agentsched.runtime import Runtime
-from agentsched.scheduler import Scheduler, load_tasks_files
+from agentsched.scheduling.service import Scheduler, load_tasks_files
 from agentsched.settings import Settings, get_settings
 
 log = logging.getLogger("agentsched.api")

@@ -13,8 +13,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from agentsched.queue import MAX_DELAY_S
-from agentsched.records import Execution
+from agentsched.execution import Execution
+from agentsched.jobs.queue import MAX_DELAY_S
 from agentsched.registry import TaskDef
 from agentsched.status import ErrorKind, TaskStatus
 

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from agentsched.api.models import check_json_value
-from agentsched.schedules import MAX_INTERVAL, Schedule
+from agentsched.db.schedules import Schedule
+from agentsched.scheduling.rules import MAX_INTERVAL
 
 MisfirePolicy = Literal["run_once", "skip", "run_all"]
 Overlap = Literal["skip", "allow"]

@@ -2,7 +2,7 @@
 
 The stream reuses the app's Redis client (one blocking XREAD per open stream, on a
 connection of that client's pool) and issues no Redis command of its own: the bus pings
-before the response starts (Redis down: 503), and `agentsched.events_sse` reads and
+before the response starts (Redis down: 503), and `agentsched.events.sse` reads and
 frames. The bus of a stream is stopped when the client disconnects; the Redis client
 stays open, it belongs to the app's `Runtime`.
 """
@@ -22,7 +22,7 @@ from agentsched.api.deps import scheduler_router as router
 from agentsched.api.errors import error_responses
 from agentsched.errors import InvalidEvent
 from agentsched.events import EventBus
-from agentsched.events_sse import sse_stream
+from agentsched.events.sse import sse_stream
 
 TAGS: list[str | Enum] = ["events"]
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentsched.db.models import TaskExecution
-from agentsched.records import Execution, RawJSON, from_row
+from agentsched.execution import Execution, RawJSON, from_row
 from agentsched.status import TERMINAL
 
 log = logging.getLogger("agentsched.recorder")

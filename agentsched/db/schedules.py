@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -43,14 +43,56 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agentsched.db.models import ScheduledTask, UTCDateTime
 from agentsched.errors import Conflict
-from agentsched.schedules import Schedule
 
 T = cast(Table, ScheduledTask.__table__)
 SORTABLE = {
     name: T.c[name]
     for name in ("name", "function", "created_at", "updated_at", "next_run_at", "last_run_at")
 }
+
+
 # `ScheduleStore.list` shadows the builtin inside the class body.
+@dataclass(slots=True)
+class Schedule:
+    """A row of `scheduled_tasks` (the interval in seconds)."""
+
+    id: str
+    app: str
+    name: str
+    function: str
+    cron: str | None
+    interval_seconds: float | None
+    timezone: str = "UTC"
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True
+    source: str = "api"
+    description: str | None = None
+    misfire_policy: str = "run_once"
+    misfire_grace_seconds: float | None = None
+    max_catchup: int = 10
+    overlap: str = "skip"
+    skipped_runs: int = 0
+    next_run_at: dt.datetime | None = None
+    last_run_at: dt.datetime | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+    def spec_fields(self) -> dict[str, Any]:
+        """The user-editable fields, in `ScheduleSpec` shape (for merge-patches and diffs)."""
+        return {
+            "name": self.name, "function": self.function, "cron": self.cron,
+            "interval": self.interval_seconds, "timezone": self.timezone,
+            "args": self.args, "kwargs": self.kwargs, "enabled": self.enabled,
+            "description": self.description, "misfire_policy": self.misfire_policy,
+            "misfire_grace_seconds": self.misfire_grace_seconds,
+            "max_catchup": self.max_catchup, "overlap": self.overlap,
+        }  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 ScheduleList = list[Schedule]
 _FIELDS = [c.name for c in T.columns]
 _STAMPS = ARRAY(DateTime(timezone=True))

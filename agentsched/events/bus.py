@@ -1,9 +1,9 @@
 """The event bus: publish and consume events between apps over one Redis stream.
 
-`agentsched.events` and its consumer-group half `agentsched.events_group` are the only
+`agentsched.events` and its consumer-group half `agentsched.events.group_reader` are the only
 modules that issue stream commands (here XADD, XREAD, XRANGE, XREVRANGE, XDEL; there XGROUP,
 XREADGROUP, XACK, XPENDING, XCLAIM); the worker's Lua scripts only append lifecycle events
-in the same wire format (`agentsched.events_model`).
+in the same wire format (`agentsched.events.message`).
 
 Delivery is at least once:
 
@@ -38,8 +38,8 @@ from redis.asyncio import Redis
 
 from agentsched.connections import redis_client
 from agentsched.errors import InvalidEvent, NotFound, ServiceUnavailable
-from agentsched.events_group import BATCH, TRANSIENT, GroupReader
-from agentsched.events_model import (
+from agentsched.events.group_reader import BATCH, TRANSIENT, GroupReader
+from agentsched.events.message import (
     DeadLetter,
     EventMessage,
     check_name,
@@ -53,7 +53,7 @@ from agentsched.events_model import (
 from agentsched.keys import Keys
 from agentsched.settings import Settings, get_settings, mask_url
 
-__all__ = ["DeadLetter", "EventBus", "EventMessage", "Subscription"]
+__all__ = ["DeadLetter", "EventBus", "Subscription"]
 
 log = logging.getLogger(__name__)
 

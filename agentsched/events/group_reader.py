@@ -34,10 +34,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agentsched.events_model import EventMessage, decode, entries, to_str
+from agentsched.events.message import EventMessage, decode, entries, to_str
 
 if TYPE_CHECKING:
-    from agentsched.events import EventBus
+    from agentsched.events.bus import EventBus
 
 log = logging.getLogger("agentsched.events")
 

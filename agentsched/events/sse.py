@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterable
 
-from agentsched.events import EventBus
-from agentsched.events_model import EventMessage
+from agentsched.events.bus import EventBus
+from agentsched.events.message import EventMessage
 
 
 def sse_stream(

@@ -27,7 +27,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
-from agentsched.tracking import Tracker
+from agentsched.jobs.tracker import Tracker
 
 CLAIM = """
 local exists = redis.call('EXISTS', KEYS[1])

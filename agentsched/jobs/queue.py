@@ -26,13 +26,13 @@ from agentsched.errors import (
     NotFound,
     ResultTimeout,
 )
-from agentsched.records import Execution
+from agentsched.execution import Execution
+from agentsched.jobs.runtime import Runtime
+from agentsched.jobs.tracker import Tracker
 from agentsched.registry import get_task, import_task_modules
-from agentsched.runtime import Runtime
 from agentsched.serialization import check_json
 from agentsched.settings import Settings, get_settings
 from agentsched.status import TaskStatus
-from agentsched.tracking import Tracker
 
 MAX_DELAY_S = 366 * 86_400
 _SCHEDULED_NS = uuid.UUID("6f1c9a1e-6a53-4c0f-9f43-0b8c1c6f6b1d")

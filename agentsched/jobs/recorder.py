@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from agentsched.db.executions import ExecutionStore
-from agentsched.records import snapshot_row
+from agentsched.execution import snapshot_row
 from agentsched.serialization import loads
 
 log = logging.getLogger("agentsched.recorder")

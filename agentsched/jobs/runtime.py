@@ -17,8 +17,8 @@ from agentsched.connections import redis_client
 from agentsched.db.engine import open_database
 from agentsched.db.executions import ExecutionStore
 from agentsched.errors import ServiceUnavailable
+from agentsched.jobs.tracker import Tracker
 from agentsched.settings import Settings, get_settings, mask_url
-from agentsched.tracking import Tracker
 
 
 async def open_redis(url: str) -> aioredis.Redis:

@@ -14,7 +14,7 @@ import datetime as dt
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -233,48 +233,6 @@ def parse_spec(data: Mapping[str, Any] | ScheduleSpec) -> ScheduleSpec:
         loc = ".".join(str(p) for p in err["loc"]) or "schedule"
         message = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
         raise InvalidSchedule(loc, message.removeprefix("Value error, ")) from None
-
-
-# --- stored schedules ------------------------------------------------------------------------
-@dataclass(slots=True)
-class Schedule:
-    """A row of `scheduled_tasks` (the interval in seconds)."""
-
-    id: str
-    app: str
-    name: str
-    function: str
-    cron: str | None
-    interval_seconds: float | None
-    timezone: str = "UTC"
-    args: list[Any] = field(default_factory=list)
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    enabled: bool = True
-    source: str = "api"
-    description: str | None = None
-    misfire_policy: str = "run_once"
-    misfire_grace_seconds: float | None = None
-    max_catchup: int = 10
-    overlap: str = "skip"
-    skipped_runs: int = 0
-    next_run_at: dt.datetime | None = None
-    last_run_at: dt.datetime | None = None
-    created_at: dt.datetime | None = None
-    updated_at: dt.datetime | None = None
-
-    def spec_fields(self) -> dict[str, Any]:
-        """The user-editable fields, in `ScheduleSpec` shape (for merge-patches and diffs)."""
-        return {
-            "name": self.name, "function": self.function, "cron": self.cron,
-            "interval": self.interval_seconds, "timezone": self.timezone,
-            "args": self.args, "kwargs": self.kwargs, "enabled": self.enabled,
-            "description": self.description, "misfire_policy": self.misfire_policy,
-            "misfire_grace_seconds": self.misfire_grace_seconds,
-            "max_catchup": self.max_catchup, "overlap": self.overlap,
-        }  # fmt: skip
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Timing(Protocol):

@@ -19,14 +19,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentsched.db.schedules import SORTABLE, Advance, DueBatch, FileChanges, ScheduleStore
+from agentsched.db.schedules import (
+    SORTABLE,
+    Advance,
+    DueBatch,
+    FileChanges,
+    Schedule,
+    ScheduleStore,
+)
 from agentsched.errors import InvalidInput, InvalidSchedule, NotFound, TasksFileError
-from agentsched.queue import TaskQueue, parse_execution_id, scheduled_execution_id
-from agentsched.records import Execution
+from agentsched.execution import Execution
+from agentsched.jobs.queue import TaskQueue, parse_execution_id, scheduled_execution_id
+from agentsched.jobs.runtime import Runtime
 from agentsched.registry import get_task, registered
-from agentsched.runtime import Runtime
-from agentsched.schedules import FirePlan, Schedule, ScheduleSpec, next_fire, parse_spec, plan_fires
-from agentsched.tasks_file import TasksFile, parse_tasks_file
+from agentsched.scheduling.rules import (
+    FirePlan,
+    ScheduleSpec,
+    next_fire,
+    parse_spec,
+    plan_fires,
+)
+from agentsched.scheduling.tasks_file import TasksFile, parse_tasks_file
 
 __all__ = ["LoadReport", "Schedule", "Scheduler", "SchedulerService", "load_tasks_files"]
 

@@ -16,7 +16,7 @@ import yaml
 
 from agentsched.errors import InvalidInput, TasksFileError
 from agentsched.registry import get_task
-from agentsched.schedules import ScheduleSpec, parse_spec
+from agentsched.scheduling.rules import ScheduleSpec, parse_spec
 from agentsched.settings import NAME_RE
 
 MAX_FILE_BYTES = 1_048_576
