@@ -61,6 +61,16 @@ class Settings(BaseSettings):
     scheduler_enabled: bool = True
     log_level: str = "INFO"
 
+    # issue 11: Redis faults.
+    # How long the API, TaskQueue and the CLI wait for an unavailable Redis before
+    # answering 503 / raising ServiceUnavailable (workers wait for as long as it takes).
+    redis_retry_seconds: float = Field(default=5.0, ge=0, le=300)
+    # The SQL-to-Redis reconciler: one pass per app at most this often (0 turns it off);
+    # a row it heals must have been unchanged for this long.
+    reconcile_seconds: float = Field(default=10.0, ge=0, le=3600)
+    # enqueue returns only once the execution row is committed in SQL.
+    durable_enqueue: bool = False
+
     @field_validator("task_modules", "tasks_file", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
@@ -76,8 +86,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        scheme = urlsplit(value).scheme
+        if scheme not in {"redis", "rediss", "unix", "redis+sentinel"}:
+            raise ValueError("must be a redis://, rediss://, unix:// or redis+sentinel:// URL")
+        if scheme == "redis+sentinel":
+            _check_sentinel_url(value)
         return value
 
     @field_validator("database_url")
@@ -99,6 +112,24 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
+
+
+def _check_sentinel_url(value: str) -> None:
+    """`redis+sentinel://[:password@]host:port[,host:port...]/service[/db]`."""
+    parts = urlsplit(value)
+    hosts = parts.netloc.rpartition("@")[2]
+    path = [p for p in parts.path.split("/") if p]
+    if not hosts or not path or len(path) > 2:
+        raise ValueError(
+            "redis+sentinel:// needs sentinel addresses and a service name: "
+            "redis+sentinel://host1:26379,host2:26379/mymaster/0"
+        )
+    for item in hosts.split(","):
+        port = item.rpartition(":")[2] if ":" in item else "26379"
+        if not item or not port.isdigit():
+            raise ValueError(f"redis+sentinel://: {item!r} is not host:port")
+    if len(path) == 2 and not path[1].isdigit():
+        raise ValueError("redis+sentinel://: the database must be a number")
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -123,8 +154,8 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<invalid url>"
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hosts}"))

@@ -39,6 +39,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
+from agentsched.connections import is_transient
 from agentsched.errors import (
     AgentschedError,
     Conflict,
@@ -138,7 +139,9 @@ def status_for(exc: BaseException) -> int | None:
     for kind, status in _STATUS:
         if isinstance(exc, kind):
             return status
-    return 503 if _database_down(exc) else None
+    # A Redis that is loading, read-only after a failover, out of memory or without
+    # its primary is unavailable too (after the client's bounded retries).
+    return 503 if _database_down(exc) or is_transient(exc) else None
 
 
 def _validation_response(exc: RequestValidationError) -> Response:

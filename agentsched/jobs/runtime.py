@@ -7,13 +7,14 @@ is bound to an event loop at import.
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 from typing import Self
 
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentsched.connections import redis_client
+from agentsched.connections import describe, redis_client
 from agentsched.db.engine import open_database
 from agentsched.db.executions import ExecutionStore
 from agentsched.errors import ServiceUnavailable
@@ -21,14 +22,22 @@ from agentsched.jobs.tracker import Tracker
 from agentsched.settings import Settings, get_settings, mask_url
 
 
-async def open_redis(url: str) -> aioredis.Redis:
-    """A connected client; `ServiceUnavailable` naming the masked URL if Redis is down."""
-    client = redis_client(url, socket_connect_timeout=5, health_check_interval=30)
+async def open_redis(
+    url: str, *, retry_seconds: float | None = 5.0, first_wait: float = 5.0
+) -> aioredis.Redis:
+    """A connected client; `ServiceUnavailable` naming the masked URL if Redis is down.
+
+    Once open, the client rides out outages for `retry_seconds` (None: forever); the
+    first PING waits at most `first_wait`, so a Redis that is down at start-up stops
+    the process with one line.
+    """
+    client = redis_client(url, retry_seconds=retry_seconds, health_check_interval=30)
     try:
-        await client.ping()
+        async with asyncio.timeout(max(first_wait, 0.1)):
+            await client.ping()
     except Exception as exc:
         await client.aclose()
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = "no answer" if isinstance(exc, TimeoutError) else describe(exc)
         raise ServiceUnavailable("Redis", mask_url(url), reason) from None
     return client
 
@@ -42,8 +51,11 @@ class Runtime:
         *,
         redis: aioredis.Redis | None = None,
         engine: AsyncEngine | None = None,
+        retry_forever: bool = False,
     ) -> None:
         self.settings = settings or get_settings()
+        # A worker rides out any Redis outage; other processes give up after a while.
+        self.retry_seconds = None if retry_forever else self.settings.redis_retry_seconds
         self._redis = redis
         self._engine = engine
         self._own_redis = redis is None
@@ -73,7 +85,11 @@ class Runtime:
 
     async def open(self) -> Self:
         if self._redis is None:
-            self._redis = await open_redis(self.settings.redis_url)
+            self._redis = await open_redis(
+                self.settings.redis_url,
+                retry_seconds=self.retry_seconds,
+                first_wait=self.settings.redis_retry_seconds,
+            )
         if self._engine is None:
             try:
                 self._engine = await open_database(self.settings.database_url)
