@@ -40,6 +40,8 @@ class Execution:
     # What the task last reported with `agentsched.progress` (1.0 once it succeeded).
     progress: float | None = None
     progress_message: str | None = None
+    # When a queued execution is due to start (delay, eta, retry backoff).
+    due_at: dt.datetime | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -95,6 +97,7 @@ def from_redis(raw: Mapping[Any, Any]) -> Execution:
         seq=int(h.get("seq", "0")),
         progress=_float(h.get("progress")),
         progress_message=h.get("progress_message") or None,
+        due_at=from_ms(_int_ms(h.get("due"))),
     )
 
 
@@ -132,6 +135,7 @@ def snapshot_row(h: Mapping[str, str]) -> dict[str, Any]:
         "seq": int(h.get("seq", "0")),
         "progress": _float(h.get("progress")),
         "progress_message": h.get("progress_message") or None,
+        "due_at": from_ms(_int_ms(h.get("due"))),
     }
 
 
@@ -158,4 +162,5 @@ def from_row(row: Any) -> Execution:
         seq=row.seq,
         progress=row.progress,
         progress_message=row.progress_message,
+        due_at=row.due_at,
     )

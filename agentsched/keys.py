@@ -39,6 +39,11 @@ class Keys:
         return f"{self.prefix}workers:{self.app}"
 
     @property
+    def settling(self) -> str:
+        """Set for a moment after an outage: no recovery of leases that ran out meanwhile."""
+        return f"{self.prefix}settling:{self.app}"
+
+    @property
     def records(self) -> str:
         """Stream of execution snapshots waiting to be written to SQL (all apps)."""
         return f"{self.prefix}records"

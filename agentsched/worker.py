@@ -13,12 +13,14 @@ died (`Tracker.reap`), the SQL recorder and the scheduler loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import random
 import socket
 import sys
+import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,11 +30,19 @@ from arq.connections import RedisSettings
 from arq.jobs import DeserializationError, SerializationError
 from arq.worker import JobExecutionFailed, Retry, func
 
-from agentsched.connections import connection_pool
+from agentsched.connections import (
+    BACKOFF_CAP,
+    OUTAGE,
+    connection_pool,
+    describe,
+    is_transient,
+)
 from agentsched.errors import AgentschedError, ConfigError
 from agentsched.jobs import progress as progress_reports
 from agentsched.jobs.arq_pool import CLAIM, RidingArqRedis, StatusRides
+from agentsched.jobs.reconciler import Reconciler
 from agentsched.jobs.recorder import Recorder
+from agentsched.jobs.redis_checks import warn_if_redis_can_lose_jobs
 from agentsched.jobs.retention import run_retention
 from agentsched.jobs.runtime import Runtime
 from agentsched.jobs.tracker import Encoded, Tracker
@@ -49,6 +59,13 @@ log = logging.getLogger("agentsched.worker")
 INTERRUPT_SLACK = 3
 # arq's own timeout is a backstop behind the task timeout agentsched enforces itself.
 TIMEOUT_MARGIN = 5.0
+# A job whose lease was last renewed this share of a lease ago is stopped: the lease
+# itself may run out soon after, and then the reaper hands the job to another worker.
+LEASE_SAFETY = 0.8
+# Most recent ends kept for re-settling after Redis comes back empty.
+RECENT_MAX = 50_000
+# A shutdown waits this long at most for each step that needs Redis.
+SHUTDOWN_STEP = 5.0
 
 
 def format_error(exc: BaseException, limit: int = 5) -> str:
@@ -66,7 +83,15 @@ class JobRunner:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.runtime: Runtime | None = None
         self.tracker: Tracker | None = None
-        self.running: set[str] = set()
+        # Running job id -> the monotonic time by which its lease must have been renewed
+        # again; past it the job is stopped (another worker may have taken it over).
+        self.running: dict[str, float] = {}
+        self._job_tasks: dict[str, asyncio.Task[Any]] = {}
+        # Ends this worker sent lately (job id -> (monotonic time, finish command)): if
+        # Redis comes back empty, their snapshots may never have reached SQL.
+        self._recent: collections.OrderedDict[str, tuple[float, tuple[Any, ...]]] = (
+            collections.OrderedDict()
+        )
         self._loops: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[Any]] = set()
         self._recorder: Recorder | None = None
@@ -79,12 +104,16 @@ class JobRunner:
             # arq logs every job start and end; at thousands of jobs per second that
             # costs more than the job. agentsched logs failures and retries itself.
             logging.getLogger("arq.worker").setLevel(logging.WARNING)
-        self.runtime = await Runtime(self.settings).open()
+        self.runtime = await Runtime(self.settings, retry_forever=True).open()
         self.tracker = self.runtime.tracker()
         await self.tracker.load_scripts()
         await self.tracker.redis.script_load(CLAIM)
+        await warn_if_redis_can_lose_jobs(self.tracker.redis)
         self.rides.tracker = self.tracker
         self.rides.worker = self.worker_id
+        self.rides.orphaned = self._orphaned
+        self.rides.finished = self._remember
+        OUTAGE.on_recovered.append(self._after_outage)
         self._recorder = Recorder(
             self.runtime.redis,
             self.runtime.executions,
@@ -93,6 +122,10 @@ class JobRunner:
         )
         self._recorder.start()
         self._loops.append(asyncio.create_task(self._maintain(), name="agentsched-lease"))
+        self._loops.append(asyncio.create_task(self._watchdog(), name="agentsched-watchdog"))
+        if self.settings.reconcile_seconds > 0:
+            reconciler = Reconciler(self.runtime, self.tracker, owner=self.worker_id)
+            self._loops.append(asyncio.create_task(reconciler.run(), name="agentsched-reconcile"))
         if self.settings.history_days > 0:
             retention = run_retention(
                 self.runtime.executions,
@@ -115,6 +148,8 @@ class JobRunner:
         )
 
     async def shutdown(self, ctx: dict[str, Any]) -> None:
+        if self._after_outage in OUTAGE.on_recovered:
+            OUTAGE.on_recovered.remove(self._after_outage)
         if self._scheduler is not None:
             await self._scheduler.stop()
         for loop in self._loops:
@@ -122,24 +157,45 @@ class JobRunner:
         for loop in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
+        # Redis may be away now: each step waits a bounded time, never forever.
         if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_STEP):
+                    await asyncio.gather(*self._pending, return_exceptions=True)
         if self.tracker is not None:
             with contextlib.suppress(Exception):
-                await self.tracker.redis.zrem(self.tracker.keys.workers, self.worker_id)
+                async with asyncio.timeout(SHUTDOWN_STEP):
+                    await self.tracker.redis.zrem(self.tracker.keys.workers, self.worker_id)
         if self._recorder is not None:
-            await self._recorder.stop()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SHUTDOWN_STEP):
+                    await self._recorder.stop()
         if self.runtime is not None:
             await self.runtime.close()
 
     async def _maintain(self) -> None:
-        """Renew leases of running jobs and recover jobs whose worker died."""
+        """Renew leases of running jobs and recover jobs whose worker died.
+
+        Through a Redis outage each call gives up after one period (the connection
+        layer logs the outage once); the watchdog stops jobs whose lease ran out.
+        """
         assert self.tracker is not None
-        period = self.settings.lease_seconds / 3
+        lease = self.settings.lease_seconds
+        period = lease / 3
         while True:
             try:
-                await self.tracker.renew(list(self.running), self.worker_id)
-                recovered = await self.tracker.reap()
+                ids = list(self.running)
+                sent = time.monotonic()
+                async with asyncio.timeout(period):
+                    lost = await self.tracker.renew(ids, self.worker_id)
+                for job_id in lost:
+                    self._give_up(job_id, "its lease is held by another worker now")
+                renewed_until = sent + lease * LEASE_SAFETY
+                for job_id in ids:
+                    if job_id in self.running and job_id not in lost:
+                        self.running[job_id] = max(self.running[job_id], renewed_until)
+                async with asyncio.timeout(period):
+                    recovered = await self.tracker.reap()
                 if recovered:
                     log.warning(
                         "recovered %d job(s) from a lost worker: %s",
@@ -148,9 +204,103 @@ class JobRunner:
                     )
             except asyncio.CancelledError:
                 raise
+            except TimeoutError:
+                pass  # Redis is not answering: logged once by the connection layer
             except Exception as exc:
-                log.error("lease renewal failed: %s", exc)
+                if not is_transient(exc):
+                    log.error("lease renewal failed: %s", describe(exc))
             await asyncio.sleep(period)
+
+    async def _watchdog(self) -> None:
+        """Stop a job before its lease can expire unrenewed, so no two workers run it."""
+        tick = self.settings.lease_seconds / 20
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for job_id, deadline in list(self.running.items()):
+                if now >= deadline:
+                    self._give_up(job_id, "its lease could not be renewed (Redis unreachable)")
+
+    def _give_up(self, job_id: str, why: str) -> None:
+        """Cancel a running job and make sure nothing of it reaches Redis from here."""
+        self.running.pop(job_id, None)
+        self.rides.lost.add(job_id)
+        self.rides.finishes.pop(job_id, None)
+        task = self._job_tasks.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+        log.warning("job %s stopped on this worker: %s; another worker runs it", job_id, why)
+
+    def _remember(self, job_id: str, command: tuple[Any, ...]) -> None:
+        """Keep a finish for as long as the reconciler could still act on a lost one."""
+        now = time.monotonic()
+        horizon = now - (2 * self.settings.reconcile_seconds + 2 * self.settings.lease_seconds)
+        recent = self._recent
+        recent[job_id] = (now, command)
+        while recent and (len(recent) > RECENT_MAX or next(iter(recent.values()))[0] < horizon):
+            recent.popitem(last=False)
+
+    def _after_outage(self) -> None:
+        """Redis is back: tell SQL the recent ends a restart without persistence lost."""
+        task = asyncio.get_running_loop().create_task(self._resettle_recent())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _resettle_recent(self) -> None:
+        """Send again the ends Redis may have lost (a restart, a failover to a replica).
+
+        First, every worker holds off recovering expired leases for a moment, so a job
+        that finished here is not re-run because its end never reached the new Redis.
+        """
+        assert self.tracker is not None
+        tracker = self.tracker
+        hold_ms = int((2 * self.settings.lease_seconds + BACKOFF_CAP) * 1000)
+        recent = list(self._recent.items())
+        try:
+            await tracker.redis.set(tracker.keys.settling, self.worker_id, px=hold_ms)
+            async with tracker.redis.pipeline(transaction=False) as pipe:
+                for job_id, _ in recent:
+                    pipe.hget(tracker.keys.execution(job_id), "status")
+                statuses = await pipe.execute()
+            resent = 0
+            for (job_id, (_, command)), status in zip(recent, statuses, strict=True):
+                if status is None:
+                    await self._settle_in_sql(job_id, command)
+                elif status not in (b"success", b"failed", b"cancelled"):
+                    await tracker.run_command(command)  # the finish script, idempotent
+                    resent += 1
+            if resent:
+                log.warning("re-sent %d job end(s) the new Redis did not have", resent)
+        except Exception as exc:
+            log.warning("cannot re-send recent job ends after the outage: %s", describe(exc))
+
+    def _orphaned(self, job_id: str, command: tuple[Any, ...]) -> None:
+        """A finish found its execution gone from Redis (restarted empty): tell SQL."""
+        task = asyncio.get_running_loop().create_task(self._settle_in_sql(job_id, command))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _settle_in_sql(self, job_id: str, command: tuple[Any, ...]) -> None:
+        assert self.runtime is not None
+        # finish_command's arguments after the key: id, now, status, result, error, kind,
+        # next attempt, worker, defer.
+        _id, _now, status, result, error, kind, next_attempt = command[4:11]
+        try:
+            await self.runtime.executions.settle(
+                job_id,
+                status=status,
+                result=result or None,
+                error=error or None,
+                error_kind=kind or None,
+                attempt=int(next_attempt) if status == "queued" else None,
+            )
+            log.warning(
+                "job %s ended %s after Redis lost its record; written to SQL directly",
+                job_id,
+                status,
+            )
+        except Exception as exc:
+            log.error("cannot record the end of job %s in SQL: %s", job_id, describe(exc))
 
     # --- running a job ---------------------------------------------------------------
     def wrap(self, definition: TaskDef) -> Callable[..., Awaitable[Any]]:
@@ -169,11 +319,11 @@ class JobRunner:
     ) -> Any:
         assert self.tracker is not None
         job_id: str = ctx["job_id"]
-        attempt: int = ctx["job_try"]
         # Normally the start script rode in arq's fetch of this job; a job enqueued
         # around agentsched ('missing') sends its details in a call of its own.
-        status = self.rides.started.pop(job_id, "missing")
+        status, attempt = self.rides.started.pop(job_id, ("missing", 0))
         if status == "missing":
+            attempt = ctx["job_try"]
             status = await self.tracker.start(
                 job_id,
                 worker=self.worker_id,
@@ -184,9 +334,17 @@ class JobRunner:
                 enqueued_ms=int(ctx["enqueue_time"].timestamp() * 1000),
                 max_tries=definition.max_tries,
             )
+        if status == "elsewhere":
+            # Still leased by a worker that stopped renewing: look again once the
+            # lease has run out (the reaper or the next start recovers it).
+            raise Retry(defer=self.settings.lease_seconds / 2)
         if status != "running":
+            log.debug("job %s not run: its record says %s", job_id, status)
             return None  # cancelled (or already finished) before it started
-        self.running.add(job_id)
+        self.running[job_id] = time.monotonic() + self.settings.lease_seconds * LEASE_SAFETY
+        task = asyncio.current_task()
+        if task is not None:
+            self._job_tasks[job_id] = task
         timeout = task_timeout(definition, self.settings)
         tracker, worker = self.tracker, self.worker_id
         reporter = progress_reports.Reporter(
@@ -204,7 +362,8 @@ class JobRunner:
             await reporter.close()  # still in `running`: its lease stays renewed
         except asyncio.CancelledError:
             reporter.cancel()
-            await self._interrupted(job_id, attempt)
+            if job_id not in self.rides.lost:
+                await self._interrupted(job_id, attempt)
             raise
         except Exception as exc:
             await reporter.close()
@@ -218,7 +377,10 @@ class JobRunner:
             return await self._failed(definition, job_id, attempt, kind, error)
         finally:
             progress_reports.current.reset(token)
-            self.running.discard(job_id)
+            self.running.pop(job_id, None)
+            self._job_tasks.pop(job_id, None)
+        if job_id in self.rides.lost:
+            return None  # given up: its result is discarded, another worker runs it
         # Rides in arq's finish transaction of this job, right after we return.
         self.rides.finishes[job_id] = self.tracker.finish_command(
             job_id, "success", result=encoded, worker=self.worker_id
@@ -247,6 +409,7 @@ class JobRunner:
                 error_kind=kind.value,
                 next_attempt=attempt + 1,
                 worker=self.worker_id,
+                defer_ms=int(delay * 1000),
             )
             # A finish that finds the execution cancelled meanwhile changes nothing, and
             # the re-run's start script sees it cancelled and does not run it.
@@ -278,12 +441,14 @@ class JobRunner:
                 ending = tracker.finish(job_id, "cancelled", worker=self.worker_id)
             else:
                 # arq re-runs a job cancelled by a shutdown; record it as queued again.
+                # The interrupted run is not a failed attempt: the re-run has the same
+                # number, so no row shows an attempt above max_tries.
                 ending = tracker.finish(
                     job_id,
                     "queued",
                     error="WorkerShutdown",
                     error_kind=ErrorKind.WORKER_LOST.value,
-                    next_attempt=attempt + 1,
+                    next_attempt=attempt,
                     worker=self.worker_id,
                 )
             await asyncio.shield(ending)
@@ -292,8 +457,9 @@ class JobRunner:
 
     async def after_job(self, ctx: dict[str, Any]) -> None:
         """arq's after_job_end: settle a job arq cancelled before its coroutine began."""
-        if self.rides.started.pop(ctx["job_id"], None) == "running":
-            await self._interrupted(ctx["job_id"], ctx["job_try"])
+        started = self.rides.started.pop(ctx["job_id"], None)
+        if started is not None and started[0] == "running":
+            await self._interrupted(ctx["job_id"], started[1] or ctx["job_try"])
 
     # --- arq's own endings, seen through the serializer --------------------------------
     def serialize(self, data: dict[str, Any]) -> bytes:
@@ -325,6 +491,7 @@ class JobRunner:
                 )
             elif "retries" in text:
                 kind = ErrorKind.WORKER_LOST
+        expired = kind is ErrorKind.EXPIRED
         function = data.get("f") if isinstance(data.get("f"), str) else "<unknown>"
         log.warning("job %s (%s) ended by the worker: %s", data["id"], function, kind.value)
         try:
@@ -338,6 +505,7 @@ class JobRunner:
                 kwargs=data.get("k") or {},
                 enqueued_ms=int(data.get("et") or 0),
                 attempt=int(data.get("t") or 1),
+                only_if_known=expired,
             )
         except Exception as exc2:
             log.error("cannot record the end of job %s: %s", data["id"], exc2)
@@ -365,10 +533,11 @@ def build_worker_settings(settings: Settings | None = None) -> type:
         raise ConfigError("AGENTSCHED_TASK_MODULES: no @task functions registered")
     runner = JobRunner(settings)
     queue = Keys(settings.redis_prefix, settings.app).queue
-    # arq's in-progress TTL: its largest function timeout plus 10 s.
     runner.rides.queue = queue
-    longest = max(task_timeout(d, settings) for d in tasks.values()) + TIMEOUT_MARGIN
-    runner.rides.in_progress_ms = int((longest + 10) * 1000)
+    # arq's claim of a job lives 4/3 of a lease (not arq's longest task timeout) and is
+    # renewed with the lease: a worker that dies right after claiming frees the job
+    # within the lease bound, and a running job's lease always runs out first.
+    runner.rides.in_progress_ms = int(settings.lease_seconds * 1000 * 4 / 3)
     functions = [
         func(
             cast(Any, runner.wrap(d)),
@@ -381,10 +550,12 @@ def build_worker_settings(settings: Settings | None = None) -> type:
     attrs = {
         "functions": functions,
         "queue_name": queue,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        # arq opens no connection of its own: it uses the pool below.
+        "redis_settings": RedisSettings(),
         "redis_pool": RidingArqRedis(
             runner.rides,
-            connection_pool=connection_pool(settings.redis_url),
+            # A worker rides out any Redis outage, however long.
+            connection_pool=connection_pool(settings.redis_url, retry_seconds=None),
             job_serializer=runner.serialize,
             job_deserializer=runner.deserialize,
             default_queue_name=queue,

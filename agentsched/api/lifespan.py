@@ -31,6 +31,7 @@ from agentsched.api.deps import STATE_ATTR, ApiState
 from agentsched.errors import AgentschedError
 from agentsched.jobs.queue import TaskQueue
 from agentsched.jobs.recorder import Recorder
+from agentsched.jobs.redis_checks import warn_if_redis_can_lose_jobs
 from agentsched.jobs.runtime import Runtime
 from agentsched.registry import import_task_modules
 from agentsched.scheduling.service import Scheduler, load_tasks_files
@@ -63,6 +64,7 @@ async def agentsched_context(
         raise
     recorder: Recorder | None = None
     try:
+        await warn_if_redis_can_lose_jobs(runtime.redis)
         files = list(settings.tasks_file if tasks_files is None else tasks_files)
         if files:
             await load_tasks_files(runtime, files)

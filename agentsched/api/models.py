@@ -251,6 +251,17 @@ class ServiceHealth(BaseModel):
     error: str | None = None
 
 
+class RedisHealth(ServiceHealth):
+    """Redis answered or not, and whether it can lose jobs (see the README's Redis faults)."""
+
+    persistence: str | None = Field(
+        default=None, description="aof, rdb, aof+rdb, none, or unknown (CONFIG not allowed)"
+    )
+    maxmemory_policy: str | None = Field(
+        default=None, description="noeviction keeps jobs; any evicting policy may drop them"
+    )
+
+
 class WorkersHealth(BaseModel):
     """Workers of this app that renewed their heartbeat recently."""
 
@@ -288,7 +299,7 @@ class HealthRead(BaseModel):
 
     status: Literal["ok", "degraded"]
     app: str
-    redis: ServiceHealth
+    redis: RedisHealth
     database: ServiceHealth
     workers: WorkersHealth
     scheduler: SchedulerHealth

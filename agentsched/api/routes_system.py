@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
@@ -18,10 +19,12 @@ from agentsched.api.models import (
     FunctionList,
     FunctionRead,
     HealthRead,
+    RedisHealth,
     SchedulerHealth,
     ServiceHealth,
     WorkersHealth,
 )
+from agentsched.jobs.redis_checks import redis_durability
 from agentsched.registry import registered
 from agentsched.serialization import now_ms
 
@@ -100,9 +103,16 @@ async def _scheduler(state: ApiState) -> SchedulerHealth:
 )  # fmt: skip
 async def health(state: State, response: Response) -> HealthRead:
     """200 when Redis and the database answer, 503 otherwise (same body)."""
-    redis_ok, db_ok = await asyncio.gather(
+    redis_probe, db_ok = await asyncio.gather(
         _probe(state.runtime.redis.ping), _probe(lambda: _select_one(state))
     )
+    redis_ok = RedisHealth(**redis_probe.model_dump())
+    if redis_ok.ok:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                facts = await redis_durability(state.runtime.redis)
+            redis_ok.persistence = facts["persistence"]
+            redis_ok.maxmemory_policy = facts["maxmemory_policy"]
     workers = await _workers(state) if redis_ok.ok else WorkersHealth(live=0, ids=[])
     scheduler = (
         await _scheduler(state)

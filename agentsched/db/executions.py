@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -162,6 +162,58 @@ class ExecutionStore:
             if deleted < batch:
                 return total
             await asyncio.sleep(0)  # let the worker's other tasks in between batches
+
+    async def unfinished(
+        self, app: str, *, before: dt.datetime, after: tuple[dt.datetime, str] | None, limit: int
+    ) -> list[Execution]:
+        """One app's queued and running executions enqueued before `before`, oldest first.
+
+        Keyset paging: pass the last row's (enqueued_at, id) as `after` for the next page.
+        """
+        T = TaskExecution
+        where = [T.app == app, T.status.in_(["queued", "running"]), T.enqueued_at < before]
+        if after is not None:
+            where.append(tuple_(T.enqueued_at, T.id) > tuple_(*after))
+        query = select(*_ROW).where(*where).order_by(T.enqueued_at, T.id).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [from_row(r) for r in rows]
+
+    async def settle(
+        self,
+        execution_id: str,
+        *,
+        status: str,
+        result: str | None,
+        error: str | None,
+        error_kind: str | None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Record an end Redis could not take (it had forgotten the execution).
+
+        Only a queued or running row changes; its seq moves past any snapshot still on
+        its way. Returns whether a row changed.
+        """
+        T = TaskExecution
+        values: dict[str, Any] = {
+            "status": status,
+            "result": None if result is None else orjson.loads(str(result)),
+            "error": error or None,
+            "error_kind": error_kind or None,
+            "seq": T.seq + 1,
+        }
+        if status in TERMINAL:
+            values["finished_at"] = dt.datetime.now(dt.UTC)
+        if attempt is not None:
+            values["attempt"] = attempt
+        stmt = (
+            update(T)
+            .where(T.id == execution_id, T.status.in_(["queued", "running"]))
+            .values(**values)
+        )
+        async with self.engine.begin() as conn:
+            changed = (await conn.execute(stmt)).rowcount
+        return bool(changed)
 
     async def get(self, app: str, execution_id: str) -> Execution | None:
         query = select(*_ROW).where(TaskExecution.id == execution_id, TaskExecution.app == app)

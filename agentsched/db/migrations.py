@@ -58,6 +58,8 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (3, _index(TaskExecution.__tablename__, "ix_task_executions_app_finished")),
     # what a running task last reported with agentsched.progress
     (4, _columns(TaskExecution.__tablename__, "progress", "progress_message")),
+    # when a queued execution is due, for the reconciler
+    (5, _columns(TaskExecution.__tablename__, "due_at")),
 ]
 LATEST = max([1, *(version for version, _ in MIGRATIONS)])
 

@@ -129,3 +129,6 @@ class TaskExecution(Base):
     # The task's last `agentsched.progress` report (migration step 4).
     progress: Mapped[float | None] = mapped_column(Float, nullable=True)
     progress_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # When a queued execution is due (its delay, eta or retry backoff), so the
+    # reconciler can put a job Redis lost back at the right time (migration step 5).
+    due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -50,7 +50,15 @@ class StatusRides:
         self.in_progress_ms = in_progress_ms
         self.tracker: Tracker | None = None
         self.worker = ""
-        self.started: dict[str, str] = {}
+        # job id -> (status the start script answered, the attempt it started).
+        self.started: dict[str, tuple[str, int]] = {}
+        # Jobs this worker stopped because it could not renew their lease: another
+        # worker may run them now, so nothing of theirs may reach Redis from here.
+        self.lost: set[str] = set()
+        # Called with (job id, finish command) after a finish rode in arq's transaction:
+        # `orphaned` when it found no record in Redis, `finished` otherwise.
+        self.orphaned: Callable[[str, tuple[Any, ...]], None] | None = None
+        self.finished: Callable[[str, tuple[Any, ...]], None] | None = None
         self.finishes: dict[str, tuple[Any, ...]] = {}
 
     def extra_for(
@@ -73,6 +81,8 @@ class StatusRides:
                 for name in args[1:]:
                     if str(name).startswith(in_progress_key_prefix):
                         job_id = str(name)[len(in_progress_key_prefix) :]
+                        if job_id in self.lost:
+                            return "drop", job_id
                         if job_id in self.finishes:
                             return "finish", job_id
         return "", ""
@@ -132,6 +142,13 @@ class RidingPipeline(Pipeline):
             await self.reset()
             return [True] * size
         kind, job_id = self.rides.extra_for(self.command_stack)
+        if kind == "drop":
+            # arq's end of a job this worker gave up: its keys belong to whoever took it.
+            size = len(self.command_stack)
+            self.rides.lost.discard(job_id)
+            self.rides.finishes.pop(job_id, None)
+            await self.reset()
+            return [True] * size
         tracker = self.rides.tracker
         if not kind or tracker is None:
             return await super().execute(raise_on_error)
@@ -148,12 +165,24 @@ class RidingPipeline(Pipeline):
         elif isinstance(own, Exception):
             raise own
         if kind == "start":
-            self.rides.started[job_id] = own.decode() if isinstance(own, bytes) else str(own)
+            self.rides.started[job_id] = started_reply(own)
+        elif own in (b"", "") and self.rides.orphaned is not None:
+            self.rides.orphaned(job_id, command)
+        elif self.rides.finished is not None:
+            self.rides.finished(job_id, command)
         if raise_on_error:
             for result in results:
                 if isinstance(result, Exception):
                     raise result
         return results
+
+
+def started_reply(reply: Any) -> tuple[str, int]:
+    """(status, attempt) from the start script's reply inside arq's fetch."""
+    if isinstance(reply, list):
+        status, attempt = reply
+        return (status.decode() if isinstance(status, bytes) else str(status)), int(attempt)
+    return (reply.decode() if isinstance(reply, bytes) else str(reply)), 0
 
 
 class RidingArqRedis(ArqRedis):

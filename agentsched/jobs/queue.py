@@ -17,21 +17,25 @@ from typing import Any, Self
 
 import redis.asyncio as aioredis
 from arq.constants import expires_extra_ms  # a job key lives one day past its due time
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentsched.connections import describe, is_transient
 from agentsched.errors import (
     ExecutionCancelled,
     ExecutionFailed,
     InvalidInput,
     NotFound,
     ResultTimeout,
+    ServiceUnavailable,
 )
 from agentsched.execution import Execution
+from agentsched.jobs.durable import GroupCommit, queued_row
 from agentsched.jobs.runtime import Runtime
 from agentsched.jobs.tracker import Tracker
 from agentsched.registry import get_task, import_task_modules
 from agentsched.serialization import check_json
-from agentsched.settings import Settings, get_settings
+from agentsched.settings import Settings, get_settings, mask_url
 from agentsched.status import TaskStatus
 
 MAX_DELAY_S = 366 * 86_400
@@ -113,6 +117,7 @@ class TaskQueue:
         self._runtime = runtime or Runtime(self.settings, redis=redis, engine=engine)
         self._own_runtime = runtime is None
         self._tracker: Tracker | None = None
+        self._group_commit: GroupCommit | None = None
 
     async def __aenter__(self) -> Self:
         import_task_modules(self.settings.task_modules)
@@ -149,11 +154,15 @@ class TaskQueue:
         idempotency_key: str | None = None,
         task_id: str | None = None,
         scheduled_for: dt.datetime | None = None,
+        durable: bool | None = None,
     ) -> Execution:
         """Queue a registered task; returns its `Execution` (status `queued`).
 
         With an `idempotency_key`, a second enqueue with the same key (while the first
         execution is known to Redis) returns the first execution and queues nothing.
+        `durable` (default: `AGENTSCHED_DURABLE_ENQUEUE`) returns only once the
+        execution's row is committed in SQL. While Redis is unavailable the call waits
+        up to `AGENTSCHED_REDIS_RETRY_SECONDS`, then raises `ServiceUnavailable`.
         """
         definition = get_task(function)
         a, k, m = _validate_payload(args, kwargs, metadata)
@@ -179,12 +188,22 @@ class TaskQueue:
             enqueued_at=dt.datetime.fromtimestamp(now, dt.UTC),
         )
         score = int((now + seconds) * 1000)
-        created, ident = await self.tracker.enqueue(
-            execution,
-            score_ms=score,
-            job_ttl_ms=int(seconds * 1000) + expires_extra_ms,
-            idempotency_key=idempotency_key,
-        )
+        try:
+            created, ident = await self.tracker.enqueue(
+                execution,
+                score_ms=score,
+                job_ttl_ms=int(seconds * 1000) + expires_extra_ms,
+                idempotency_key=idempotency_key,
+            )
+        except RedisError as exc:
+            if not is_transient(exc):
+                raise
+            url = mask_url(self.settings.redis_url)
+            raise ServiceUnavailable("Redis", url, describe(exc)) from None
+        if created and (self.settings.durable_enqueue if durable is None else durable):
+            if self._group_commit is None:
+                self._group_commit = GroupCommit(self._runtime.executions)
+            await self._group_commit.write(queued_row(execution, score))
         if created:
             return execution
         return await self.get_execution(ident)

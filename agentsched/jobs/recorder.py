@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from agentsched.connections import is_transient
 from agentsched.db.executions import ExecutionStore
 from agentsched.execution import snapshot_row
 from agentsched.serialization import loads
@@ -120,9 +121,12 @@ class Recorder:
         return len(entries)
 
     async def run(self) -> None:
-        await self._ensure_group()
+        ready = False
         while not self._stopping:
             try:
+                if not ready:
+                    await self._ensure_group()
+                    ready = True
                 if await self.step() < self.batch:
                     # A short pause lets a busy queue fill bigger batches (one statement
                     # for hundreds of rows) while rows still land within ~0.1 s.
@@ -136,7 +140,8 @@ class Recorder:
                 log.error("recorder: %s", exc)
                 await asyncio.sleep(1)
             except (RedisConnectionError, OSError) as exc:
-                log.error("recorder: Redis unavailable: %s", exc)
+                if not is_transient(exc):  # an outage is logged by the connection layer
+                    log.error("recorder: Redis unavailable: %s", exc)
                 await asyncio.sleep(1)
             except Exception as exc:  # a database outage must not stop the loop
                 log.error("recorder: cannot write executions: %s: %s", type(exc).__name__, exc)

@@ -24,6 +24,7 @@ if redis.call('EXISTS', xkey) == 1 or redis.call('EXISTS', job) == 1 then return
 redis.call('SET', job, payload, 'PX', job_ttl)
 redis.call('ZADD', queue, score, id)
 redis.call('HSET', xkey, unpack(ARGV, 9))
+redis.call('HSET', xkey, 'due', score)
 redis.call('PEXPIRE', xkey, tonumber(job_ttl) + tonumber(keep))
 if idem ~= '' then redis.call('SET', idem, id, 'PX', tonumber(job_ttl) + tonumber(keep)) end
 emit(xkey, records, events, maxlen, now, 'task.queued', keep)
@@ -36,9 +37,11 @@ START = """
 local id, now, worker, attempt = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local xkey, records, events, running = KEYS[1], C.records, C.events, C.running
 local lease, maxlen, keep, lease_ms = C.lease_prefix .. id, C.maxlen, C.keep, C.lease_ms
-if attempt == '' then
-  -- Sent inside arq's own fetch transaction, right after its INCR of the try counter.
-  attempt = redis.call('GET', 'arq:retry:' .. id) or '1'
+local riding = attempt == ''
+if riding then
+  -- Sent inside arq's own fetch transaction. The attempt is the record's own count:
+  -- arq's try counter also counts runs a shutdown interrupted, which are not attempts.
+  attempt = redis.call('HGET', xkey, 'attempt') or redis.call('GET', 'arq:retry:' .. id) or '1'
 end
 local status = redis.call('HGET', xkey, 'status')
 if not status then
@@ -48,6 +51,23 @@ if not status then
     'kwargs', ARGV[8], 'metadata', '{}', 'enqueued_at', ARGV[9], 'max_tries', ARGV[10])
 elseif TERMINAL[status] then
   return status
+elseif status == 'running' then
+  -- arq's claim outlived by the previous run: its worker died (the claim lives one
+  -- lease). Still leased: another worker runs it, leave it. Otherwise recover it here,
+  -- as the reaper would: one more attempt, or failed when none is left.
+  if redis.call('EXISTS', lease) == 1 or redis.call('EXISTS', C.settling) == 1 then
+    return 'elsewhere'
+  end
+  redis.call('SREM', running, id)
+  local tries = tonumber(redis.call('HGET', xkey, 'max_tries') or '1')
+  if tonumber(attempt) >= tries and redis.call('HGET', xkey, 'cancel_requested') ~= '1' then
+    redis.call('HSET', xkey, 'status', 'failed', 'finished_at', now, 'error_kind',
+      'worker_lost', 'error', 'WorkerLost: the worker running attempt ' .. attempt ..
+      ' stopped renewing its lease')
+    emit(xkey, records, events, maxlen, now, 'task.failed', keep)
+    return 'failed'
+  end
+  attempt = tostring(tonumber(attempt) + 1)
 end
 if redis.call('HGET', xkey, 'cancel_requested') == '1' then
   redis.call('HSET', xkey, 'status', 'cancelled', 'finished_at', now)
@@ -61,6 +81,7 @@ redis.call('HDEL', xkey, 'finished_at', 'error', 'error_kind', 'result', 'progre
 redis.call('SET', lease, worker, 'PX', lease_ms)
 redis.call('SADD', running, id)
 emit(xkey, records, events, maxlen, now, 'task.started', keep)
+if riding then return {'running', tonumber(attempt)} end
 return 'running'
 """
 
@@ -81,7 +102,7 @@ redis.call('SREM', running, id)
 if not status or TERMINAL[status] then return status or '' end
 if new == 'queued' then
   redis.call('HSET', xkey, 'status', 'queued', 'attempt', next_attempt, 'error', err,
-    'error_kind', kind)
+    'error_kind', kind, 'due', tonumber(now) + tonumber(ARGV[9] or '0'))
   emit(xkey, records, events, maxlen, now, 'task.retrying', keep)
   redis.call('HDEL', xkey, 'error', 'error_kind')
   return new
@@ -123,6 +144,9 @@ REAP = """
 local running, records, events, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, maxlen, keep, xprefix, lprefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local recovered = {}
+-- Just after an outage, workers first re-send the ends Redis may have lost: a lease
+-- that ran out during the outage is no proof its worker is gone.
+if redis.call('EXISTS', ARGV[6]) == 1 then return recovered end
 for _, id in ipairs(redis.call('SMEMBERS', running)) do
   if redis.call('EXISTS', lprefix .. id) == 0 then
     redis.call('SREM', running, id)
@@ -170,6 +194,9 @@ redis.call('DEL', ARGV[14])
 redis.call('SREM', ARGV[15], id)
 local status = redis.call('HGET', xkey, 'status')
 if status and TERMINAL[status] then return status end
+-- An expired job whose record is gone too: Redis lost both (a restart, a flush), it
+-- did not expire. The reconciler puts it back from SQL; record nothing here.
+if not status and ARGV[16] == '1' then return 'unknown' end
 if not status then
   redis.call('HSET', xkey, 'id', id, 'app', ARGV[8], 'function', ARGV[9], 'args', ARGV[10],
     'kwargs', ARGV[11], 'metadata', '{}', 'enqueued_at', ARGV[12], 'attempt', ARGV[13],
@@ -196,4 +223,97 @@ if fraction ~= '' then redis.call('HSET', xkey, 'progress', fraction) end
 if message ~= '' then redis.call('HSET', xkey, 'progress_message', message) end
 emit(xkey, records, events, C.maxlen, now, 'task.progress', C.keep)
 return 1
+"""
+
+# Every lease period: extend this worker's leases (and arq's claim of the same jobs).
+# A lease held by no one on an execution Redis has forgotten (a restart without
+# persistence, FLUSHDB) is taken again: the job still runs here and its end goes to SQL.
+# Returns the ids whose lease another worker holds or the reaper ended: stop those.
+RENEW = """
+local workers, lprefix, xprefix = KEYS[1], ARGV[1], ARGV[2]
+local worker, now, lease_ms = ARGV[3], ARGV[4], ARGV[5]
+local lost = {}
+for i = 6, #ARGV do
+  local id = ARGV[i]
+  local lease = lprefix .. id
+  local owner = redis.call('GET', lease)
+  if owner == worker then
+    redis.call('PEXPIRE', lease, lease_ms)
+    redis.call('PEXPIRE', 'arq:in-progress:' .. id, math.floor(tonumber(lease_ms) * 4 / 3))
+  elseif not owner and (redis.call('EXISTS', xprefix .. id) == 0
+      or (redis.call('HGET', xprefix .. id, 'status') == 'running'
+          and redis.call('HGET', xprefix .. id, 'worker') == worker)) then
+    -- Forgotten by Redis, or run out but not yet taken by anyone: still ours.
+    redis.call('SET', lease, worker, 'PX', lease_ms)
+  else
+    table.insert(lost, id)
+  end
+end
+redis.call('ZADD', workers, now, worker)
+return lost
+"""
+
+# The reconciler's check of one execution SQL holds as queued or running, against
+# what Redis has. Returns what it did: ok, held, requeued, recovered, failed,
+# restored, reaping or settled (see reconciler.py).
+RECONCILE = """
+local xkey, job, queue, records, events, lease, running = KEYS[1], KEYS[2], KEYS[3],
+  KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local id, now, maxlen, keep, sql_status, sql_seq, payload, due, job_ttl =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9]
+local attempt, max_tries = tonumber(ARGV[10]), tonumber(ARGV[11])
+local redis_settled = ARGV[12] == '1'
+local status = redis.call('HGET', xkey, 'status')
+if not status then
+  -- Redis forgot this execution. A worker that still runs it (SQL may not know it
+  -- started) takes its lease again within a lease period: wait until Redis has been
+  -- back that long.
+  if redis.call('EXISTS', lease) == 1 or not redis_settled then return 'held' end
+  redis.call('HSET', xkey, unpack(ARGV, 13))
+  redis.call('HSET', xkey, 'seq', sql_seq)
+  if sql_status == 'running' and attempt >= max_tries then
+    redis.call('HSET', xkey, 'status', 'failed', 'finished_at', now, 'error_kind',
+      'worker_lost', 'error', 'WorkerLost: Redis lost attempt ' .. attempt .. ' while it ran')
+    emit(xkey, records, events, maxlen, now, 'task.failed', keep)
+    return 'failed'
+  end
+  local action, event = 'requeued', 'task.queued'
+  if sql_status == 'running' then
+    attempt, action, event = attempt + 1, 'recovered', 'task.retrying'
+    redis.call('HSET', xkey, 'error_kind', 'worker_lost', 'error', 'WorkerLost: retrying')
+  end
+  redis.call('HSET', xkey, 'status', 'queued', 'attempt', attempt)
+  redis.call('SET', job, payload, 'PX', job_ttl)
+  redis.call('ZADD', queue, due, id)
+  redis.call('PEXPIRE', xkey, tonumber(job_ttl) + tonumber(keep))
+  emit(xkey, records, events, maxlen, now, event, keep)
+  redis.call('HDEL', xkey, 'error', 'error_kind')
+  return action
+end
+if TERMINAL[status] then
+  -- Finished in Redis, not (yet) in SQL: never run again; hand SQL the snapshot once
+  -- more, numbered past SQL's row in case Redis restarted its count.
+  local seq = tonumber(redis.call('HGET', xkey, 'seq') or '0')
+  if seq <= sql_seq then redis.call('HSET', xkey, 'seq', sql_seq + 1) end
+  local flat = redis.call('HGETALL', xkey)
+  local h = {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  redis.call('XADD', records, '*', 'i', id, 'q', h['seq'], 's', cjson.encode(h))
+  return 'settled'
+end
+if status == 'queued' then
+  if redis.call('EXISTS', 'arq:in-progress:' .. id) == 1 then return 'ok' end
+  local has_job = redis.call('EXISTS', job) == 1
+  local score = redis.call('ZSCORE', queue, id)
+  if has_job and score then return 'ok' end
+  if not has_job then redis.call('SET', job, payload, 'PX', job_ttl) end
+  if not score then redis.call('ZADD', queue, due, id) end
+  return 'restored'
+end
+-- running: without a lease and outside the running set, the reaper would never see it
+if redis.call('EXISTS', lease) == 0 and redis.call('SISMEMBER', running, id) == 0 then
+  redis.call('SADD', running, id)
+  return 'reaping'
+end
+return 'ok'
 """

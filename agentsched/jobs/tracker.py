@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+from arq.constants import expires_extra_ms  # a job key lives one day past its due time
 from arq.jobs import serialize_job
 
 from agentsched.errors import ConfigError
@@ -44,6 +45,8 @@ class Tracker:
         self._cancel = redis.register_script(lua.PRELUDE + lua.CANCEL)
         self._reap = redis.register_script(lua.PRELUDE + lua.REAP)
         self._outside = redis.register_script(lua.PRELUDE + lua.OUTSIDE)
+        self._renew = redis.register_script(lua.RENEW)
+        self._reconcile = redis.register_script(lua.PRELUDE + lua.RECONCILE)
 
     def _constants(self) -> str:
         k = self.keys
@@ -52,6 +55,7 @@ class Tracker:
             "events": k.events,
             "running": k.running,
             "lease_prefix": k.lease_prefix(),
+            "settling": k.settling,
             "maxlen": self._maxlen,
             "keep": self._keep_ms,
             "lease_ms": self._lease_ms,
@@ -177,6 +181,7 @@ class Tracker:
         error_kind: str = "",
         next_attempt: int = 0,
         worker: str = "",
+        defer_ms: int = 0,
     ) -> tuple[Any, ...]:
         """The finish script as a raw command (see `finish`).
 
@@ -189,15 +194,25 @@ class Tracker:
             else ""
         )
         keys = [self.keys.execution(execution_id)]
-        args = [execution_id, now_ms(), status, encoded, error, error_kind, next_attempt, worker]
+        args = [
+            execution_id,
+            now_ms(),
+            status,
+            encoded,
+            error,
+            error_kind,
+            next_attempt,
+            worker,
+            defer_ms,
+        ]
         return ("EVALSHA", self._finish.sha, len(keys), *keys, *args)
 
-    async def run_command(self, command: tuple[Any, ...]) -> str:
-        """Run a command from `start_command`/`finish_command` on its own."""
+    async def run_command(self, command: tuple[Any, ...]) -> Any:
+        """Run a command from `start_command`/`finish_command` on its own; the raw reply."""
         script = self._start if command[1] == self._start.sha else self._finish
         count = command[2]
         keys, args = command[3 : 3 + count], command[3 + count :]
-        return _text(await script(keys=list(keys), args=list(args)))
+        return await script(keys=list(keys), args=list(args))
 
     async def load_scripts(self) -> None:
         """Load the worker's scripts, so EVALSHA inside arq's transactions finds them."""
@@ -209,7 +224,7 @@ class Tracker:
 
         Takes `finish_command`'s options and runs its command on its own.
         """
-        return await self.run_command(self.finish_command(execution_id, status, **options))
+        return _text(await self.run_command(self.finish_command(execution_id, status, **options)))
 
     async def cancel(self, execution_id: str, *, force: bool = False) -> str:
         """'cancelled', 'cancelling' (a worker will stop it), 'missing' or the terminal status."""
@@ -233,7 +248,14 @@ class Tracker:
         k = self.keys
         out = await self._reap(
             keys=[k.running, k.records, k.events, k.queue],
-            args=[now_ms(), self._maxlen, self._keep_ms, k.exec_prefix(), k.lease_prefix()],
+            args=[
+                now_ms(),
+                self._maxlen,
+                self._keep_ms,
+                k.exec_prefix(),
+                k.lease_prefix(),
+                k.settling,
+            ],
         )
         return [_text(i) for i in out]
 
@@ -249,8 +271,12 @@ class Tracker:
         kwargs: Any = None,
         enqueued_ms: int = 0,
         attempt: int = 1,
+        only_if_known: bool = False,
     ) -> str:
-        """Record an end decided by arq itself (unknown function, bad payload, abort)."""
+        """Record an end decided by arq itself (unknown function, bad payload, abort).
+
+        `only_if_known`: write nothing when Redis has no record of the execution.
+        """
         k = self.keys
         out = await self._outside(
             keys=[k.execution(execution_id), k.records, k.events],
@@ -270,18 +296,84 @@ class Tracker:
                 attempt,
                 k.lease(execution_id),
                 k.running,
+                "1" if only_if_known else "0",
             ],
         )
         return _text(out)
 
-    async def renew(self, execution_ids: list[str], worker: str) -> None:
-        """Extend the leases of running executions and record this worker as alive."""
-        ms = int(self.settings.lease_seconds * 1000)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for ident in execution_ids:
-                pipe.pexpire(self.keys.lease(ident), ms)
-            pipe.zadd(self.keys.workers, {worker: now_ms()})
-            await pipe.execute()
+    async def renew(self, execution_ids: list[str], worker: str) -> list[str]:
+        """Extend this worker's leases and record it as alive; returns the leases it lost.
+
+        A lost lease belongs to another worker now (or the reaper ended the run): the
+        caller must stop that job and write nothing for it.
+        """
+        k = self.keys
+        args: list[str | int] = [
+            k.lease_prefix(),
+            k.exec_prefix(),
+            worker,
+            now_ms(),
+            self._lease_ms,
+        ]
+        lost = await self._renew(keys=[k.workers], args=[*args, *execution_ids])
+        return [_text(i) for i in lost]
+
+    async def reconcile(
+        self, row: Execution, *, sql_status: str, due_ms: int, redis_settled: bool
+    ) -> str:
+        """Compare one execution SQL holds as unfinished with Redis, and heal Redis.
+
+        Returns the action taken (see `status_scripts.RECONCILE`).
+        """
+        k = self.keys
+        enqueued_ms = int(row.enqueued_at.timestamp() * 1000) if row.enqueued_at else now_ms()
+        payload = serialize_job(
+            row.function,
+            row.args,  # type: ignore[arg-type]
+            row.kwargs,
+            None,
+            enqueued_ms,
+            serializer=dumps,
+        )
+        now = now_ms()
+        ttl = max(due_ms - now, 0) + expires_extra_ms
+        fields: list[str | int] = [
+            "id", row.id, "app", row.app, "function", row.function,
+            "args", dumps_str(row.args), "kwargs", dumps_str(row.kwargs),
+            "metadata", dumps_str(row.metadata), "enqueued_at", enqueued_ms,
+            "max_tries", row.max_tries, "attempt", row.attempt, "due", max(due_ms, now),
+        ]  # fmt: skip
+        if row.task_id:
+            fields += ["task_id", row.task_id]
+        if row.scheduled_for:
+            fields += ["scheduled_for", int(row.scheduled_for.timestamp() * 1000)]
+        out = await self._reconcile(
+            keys=[
+                k.execution(row.id),
+                k.job(row.id),
+                k.queue,
+                k.records,
+                k.events,
+                k.lease(row.id),
+                k.running,
+            ],
+            args=[
+                row.id,
+                now,
+                self._maxlen,
+                self._keep_ms,
+                sql_status,
+                row.seq,
+                payload,
+                max(due_ms, now),
+                ttl,
+                row.attempt,
+                row.max_tries,
+                "1" if redis_settled else "0",
+                *fields,
+            ],
+        )
+        return _text(out)
 
     async def progress(
         self,
