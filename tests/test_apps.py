@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 import yaml
 
 from agentsched import EventBus
-from agentsched.dev import read_env_file
+from agentsched.dev_state import read_env_file
 from agentsched.embedded_redis import free_port
 from agentsched.settings import Settings, load_settings
 from tests.conftest import REDIS_URL, delete_prefix
@@ -144,6 +145,7 @@ async def test_support_bot_turns_an_alert_event_into_a_ticket(
                 "app": "rag-chat",
                 "kind": "down",
                 "summary": "rag-chat is down",
+                "details": {"detail": "refused", "failures": []},
             }
             event = await bus.publish("aiops.alert", payload=alert)
             await bus.publish(
@@ -156,6 +158,7 @@ async def test_support_bot_turns_an_alert_event_into_a_ticket(
 
         ticket = await eventually(alert_ticket)
         assert (ticket["app"], ticket["kind"], ticket["status"]) == ("rag-chat", "down", "open")
+        assert json.loads(ticket["body"]) == alert["details"]  # JSON, not a Python repr
         tickets = (await client.get("/tickets")).json()
         assert tickets["total"] == 2  # the targeted event was not for support-bot
 
@@ -276,6 +279,30 @@ def test_aiops_alerts_on_changes_only(tmp_path: Path) -> None:
     assert store.since("rag-chat") == "2030-01-01T00:00:01+00:00"
     assert store.acknowledge(alerts[0]["alert_id"], "7")
     assert store.alerts()[0]["ticket_id"] == "7"
+
+
+def test_aiops_does_not_alert_apps_that_are_still_starting(tmp_path: Path) -> None:
+    from aiops_bot.checks import Report
+    from aiops_bot.store import Store
+
+    store = Store(tmp_path / "aiops.sqlite3", startup_grace=120)
+
+    def report(app: str, at: str, problem: str | None) -> Report:
+        return Report(app, "http://x", f"2030-01-01T00:{at}+00:00", problem=problem)
+
+    # Every app down on the first check: the platform is starting, no alert.
+    assert store.record(report("rag-chat", "00:00", "down")) == ([], False)
+    assert store.record(report("ghost", "00:00", "down")) == ([], False)
+    assert store.record(report("rag-chat", "00:30", "no_worker")) == ([], False)
+    # rag-chat answers once; from then on its going down is alerted at once.
+    assert store.record(report("rag-chat", "01:00", None)) == ([], False)
+    alerts, _ = store.record(report("rag-chat", "01:30", "down"))
+    assert [a["kind"] for a in alerts] == ["down"]
+    # ghost never answered: alerted once its grace has passed, and only once.
+    assert store.record(report("ghost", "01:59", "down")) == ([], False)
+    alerts, _ = store.record(report("ghost", "02:00", "down"))
+    assert [(a["app"], a["kind"]) for a in alerts] == [("ghost", "down")]
+    assert store.record(report("ghost", "02:30", "down")) == ([], False)
 
 
 # --- tasks files and compose --------------------------------------------------------------
@@ -400,6 +427,7 @@ async def test_aiops_alert_becomes_a_triaged_support_ticket(platform: Any, tmp_p
         ["aiops-bot", "support-bot"],
         f"sqlite+aiosqlite:///{tmp_path}/platform.db",
         AGENTSCHED_PEERS=f"ghost-app={ghost}",
+        AIOPS_STARTUP_GRACE="0",  # the ghost never answers: alert it at once
     )
     async with httpx.AsyncClient(timeout=10) as client:
         assert (await client.post(f"{urls['aiops-bot']}/check")).status_code == 202

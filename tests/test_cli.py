@@ -3,18 +3,24 @@ talk to real Redis and PostgreSQL (enqueue, executions, tasks, events tail, work
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
 import shutil
 import signal
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agentsched import EventBus, TaskQueue
-from agentsched.cli import main
+from agentsched.cli import build_parser, main
 from agentsched.jobs.runtime import Runtime
 from agentsched.scheduling.service import Scheduler
 from agentsched.settings import Settings
@@ -60,6 +66,14 @@ def one_error_line(stderr: str) -> str:
         (["executions"], "--status"),
         (["events"], "tail"),
         (["events", "tail"], "--from"),
+        (["show"], "--traceback"),
+        (["cancel"], "--app-dir"),
+        (["retry"], "--wait"),
+        (["run"], "--timeout"),
+        (["enable"], "--app-dir"),
+        (["disable"], "--app-dir"),
+        (["workers"], "--json"),
+        (["dead-letters"], "--replay"),
     ],
 )
 def test_help_everywhere(
@@ -69,6 +83,32 @@ def test_help_everywhere(
         main([*argv, "--help"])
     assert exit_info.value.code == 0
     assert expected in capsys.readouterr().out
+
+
+def test_every_option_has_help_text() -> None:
+    def walk(parser: argparse.ArgumentParser, path: str) -> Iterator[str]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, f"{path} {name}")
+            elif not action.help:
+                yield f"{path} {'/'.join(action.option_strings) or action.dest}"
+
+    assert list(walk(build_parser(), "agentsched")) == []
+
+
+def test_version_and_help_are_fast() -> None:
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "agentsched.cli", "--version"],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert result.stdout == f"agentsched {version('agentsched')}\n"
+    heavy = subprocess.run(
+        [sys.executable, "-c", "import sys, agentsched.cli; print(sorted(m for m in "
+         "('sqlalchemy', 'redis', 'fastapi', 'pydantic', 'httpx', 'arq') if m in sys.modules))"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert heavy.stdout.strip() == "[]", heavy.stderr  # --help imports none of them
+    assert time.monotonic() - started < 20  # generous: the machine is shared
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,27 +215,71 @@ async def test_enqueue_wait_prints_the_result(settings: Settings, run_worker: An
     await run_worker()
     env = subprocess_env(settings)
     code, out, err = await cli(
-        env, "enqueue", "tests.sample_tasks.add", "--args", "[2, 3]", "--wait"
+        env, "enqueue", "tests.sample_tasks.add", "--args", "[2, 3]", "--wait", "--json"
     )
-    assert (code, err) == (0, "")
+    assert code == 0, err
     record = json.loads(out)
     assert (record["status"], record["result"], record["function"]) == (
         "success",
         5,
         "tests.sample_tasks.add",
     )
-    code, out, _ = await cli(
+    assert err.splitlines()[-1] == f"agentsched: {record['id']} success"  # progress lines
+    code, out, err = await cli(
         env, "enqueue", "tests.boom", "--kwargs", '{"message": "bad"}', "--wait"
     )
     assert code == 1
-    failed = json.loads(out)
-    assert failed["status"] == "failed" and failed["error"].startswith("ValueError: bad")
+    assert "status     failed (attempt 1 of 1)" in out
+    assert "error      ValueError: bad [exception]" in out
+    assert "Traceback" not in out + err  # the detail is behind --traceback
+    ident = out.split()[1]
+    code, out, _ = await cli(env, "show", ident, "--traceback")
+    assert code == 0 and "raise ValueError(message)" in out
+    code, out, _ = await cli(env, "show", ident, "--json")
+    assert json.loads(out)["error"] == "ValueError: bad"
+
+
+async def test_wait_gives_up_after_its_timeout(settings: Settings) -> None:
+    env = subprocess_env(settings)  # no worker: the job stays queued
+    started = time.monotonic()
+    code, out, err = await cli(env, "enqueue", "tests.noop", "--wait", "--timeout", "1")
+    assert code == 1 and out == ""
+    ident = err.splitlines()[0].split()[1]
+    assert err.splitlines()[-1] == (
+        f"agentsched: {ident} is still queued after 1s; follow it with: agentsched show {ident}"
+    )
+    assert time.monotonic() - started < 30
+
+
+async def test_show_cancel_and_retry(settings: Settings, run_worker: Any) -> None:
+    env = subprocess_env(settings)
+    code, out, _ = await cli(env, "enqueue", "tests.sample_tasks.add", "--args", "[1, 2]",
+                             "--delay", "3600")  # fmt: skip
+    assert code == 0 and out.startswith("queued ")
+    ident = out.split()[1]
+    code, out, _ = await cli(env, "cancel", ident)
+    assert (code, out) == (0, f"cancelled {ident} tests.sample_tasks.add\n")
+    code, _, err = await cli(env, "cancel", ident)
+    assert code == 1
+    assert one_error_line(err) == f"agentsched: execution {ident} already ended cancelled"
+    await run_worker()
+    code, out, err = await cli(env, "retry", ident, "--wait", "--json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert (again["status"], again["result"], again["args"]) == ("success", 3, [1, 2])
+    assert again["metadata"]["retry_of"] == ident and again["id"] != ident
+    code, out, _ = await cli(env, "show", again["id"])
+    assert "status     success (attempt 1 of 1)" in out and "result     3" in out
+    code, _, err = await cli(env, "show", "0" * 8)
+    assert code == 1 and one_error_line(err) == "agentsched: execution '00000000' not found"
 
 
 async def test_enqueue_then_executions_lists_it(settings: Settings, run_worker: Any) -> None:
     await run_worker()
     env = subprocess_env(settings)
-    code, out, _ = await cli(env, "enqueue", "tests.sync_mul", "--kwargs", '{"a": 6, "b": 7}')
+    code, out, _ = await cli(
+        env, "enqueue", "tests.sync_mul", "--kwargs", '{"a": 6, "b": 7}', "--json"
+    )
     assert code == 0
     queued = json.loads(out)
     assert queued["status"] == "queued"
@@ -211,6 +295,8 @@ async def test_enqueue_then_executions_lists_it(settings: Settings, run_worker: 
     assert "tests.sync_mul" in row and "success" in row
     code, out, _ = await cli(env, "executions", "--status", "failed")
     assert queued["id"] not in out
+    code, out, _ = await cli(env, "executions", "--json")
+    assert queued["id"] in [item["id"] for item in json.loads(out)["items"]]
 
 
 @pytest.mark.parametrize(
@@ -254,6 +340,113 @@ async def test_tasks_lists_the_apps_schedules(settings: Settings) -> None:
     row = next(line for line in out.splitlines() if line.startswith("every-minute"))
     assert row.split()[:5] == ["every-minute", "tests.noop", "*", "*", "*"]
     assert "Europe/Berlin" in row and out.endswith("1 schedule(s)\n")
+
+
+async def test_run_enable_and_disable_a_schedule_by_name(
+    settings: Settings, run_worker: Any
+) -> None:
+    async with Runtime(settings) as runtime:
+        await Scheduler(runtime).create(
+            {"name": "adder", "function": "tests.sample_tasks.add", "interval": "1h",
+             "args": [20, 22]}
+        )  # fmt: skip
+    env = subprocess_env(settings)
+    code, out, _ = await cli(env, "disable", "adder")
+    assert (code, out) == (0, "adder disabled\n")
+    code, out, _ = await cli(env, "tasks", "--json")
+    [item] = json.loads(out)["items"]
+    assert (item["name"], item["enabled"]) == ("adder", False)
+    code, out, _ = await cli(env, "enable", "adder")
+    assert code == 0 and out.startswith("adder enabled; next run ")
+    await run_worker()
+    code, out, err = await cli(env, "run", "adder", "--wait", "--json")
+    assert code == 0, err
+    assert (json.loads(out)["result"], json.loads(out)["task_id"]) == (42, item["id"])
+    code, _, err = await cli(env, "run", "nope")
+    assert code == 1
+    assert one_error_line(err) == (
+        f"agentsched: name: no schedule 'nope' in app '{settings.app}' (known: adder)"
+    )
+
+
+async def test_workers_lists_live_workers(settings: Settings, run_worker: Any) -> None:
+    env = subprocess_env(settings)
+    code, out, _ = await cli(env, "workers")
+    assert (code, out.splitlines()[-1]) == (0, "0 live worker(s)")
+    await run_worker()
+
+    async def listed() -> list[dict[str, Any]]:
+        for _ in range(100):
+            _, out, _ = await cli(env, "workers", "--json")
+            items: list[dict[str, Any]] = json.loads(out)["items"]
+            if items:
+                return items
+            await asyncio.sleep(0.2)
+        return []
+
+    [worker] = await listed()
+    assert worker["live"] is True and worker["heartbeat_age"] < 30
+
+
+async def test_dead_letters_list_and_replay(settings: Settings) -> None:
+    bus = EventBus(settings.app, settings=settings, visibility_timeout=0.2, max_deliveries=1)
+
+    @bus.on("demo.*")
+    async def handle(event: Any) -> None:
+        raise RuntimeError("cannot handle")
+
+    async with bus:
+        await bus.start()
+        async with EventBus("publisher", settings=settings) as publisher:
+            await publisher.publish("demo.poison", {"n": 1})
+        async with asyncio.timeout(30):  # one failed delivery, then the dead-letter stream
+            while True:
+                if await bus.dead_letters(group=settings.app):
+                    break
+                await asyncio.sleep(0.1)
+    env = subprocess_env(settings)
+    code, out, _ = await cli(env, "dead-letters", "--json")
+    [letter] = json.loads(out)["items"]
+    assert (letter["group"], letter["event"]["event_type"]) == (settings.app, "demo.poison")
+    code, out, _ = await cli(env, "dead-letters", "--replay", letter["entry_id"])
+    assert code == 0 and out.startswith(f"replayed {letter['entry_id']} as event ")
+    code, out, _ = await cli(env, "dead-letters")
+    assert out.splitlines()[-1].startswith("0 dead letter(s)")
+
+
+async def test_commands_find_the_running_platform_from_any_directory(
+    settings: Settings, tmp_path: Path, run_worker: Any
+) -> None:
+    await run_worker()
+    env = subprocess_env(settings, XDG_RUNTIME_DIR=str(tmp_path / "run"))
+    redis_url, db_url = env.pop("AGENTSCHED_REDIS_URL"), env.pop("AGENTSCHED_DATABASE_URL")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    async def run_there(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agentsched.cli", *args, cwd=elsewhere, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = await run_there("enqueue", "tests.noop", "--wait")
+    assert (code, out) == (1, "")
+    assert one_error_line(err).startswith(
+        f"agentsched: no running `agentsched dev` found (from {elsewhere}) and "
+        "AGENTSCHED_REDIS_URL is not set"
+    )
+    assert not (elsewhere / "agentsched.db").exists()
+    state = tmp_path / "run" / "agentsched" / f"dev-{os.getpid()}.env"  # this process: alive
+    state.parent.mkdir(parents=True)
+    state.write_text(f"AGENTSCHED_REDIS_URL={redis_url}\nAGENTSCHED_DATABASE_URL={db_url}\n"
+                     f"AGENTSCHED_DEV_PID={os.getpid()}\nAGENTSCHED_DEV_ROOT={ROOT}\n")  # fmt: skip
+    code, out, err = await run_there("enqueue", "tests.sample_tasks.add", "--args", "[1, 1]",
+                                     "--wait", "--json")  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["result"] == 2
 
 
 async def test_events_tail_prints_matching_events(settings: Settings) -> None:

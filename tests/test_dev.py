@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from agentsched.dev import discover_apps, load_log_config, read_env_file
+from agentsched.dev import discover_apps, load_log_config
+from agentsched.dev_state import read_env_file
 from agentsched.embedded_redis import EmbeddedRedis, free_port, port_is_free
 from agentsched.errors import ConfigError, ServiceUnavailable
 

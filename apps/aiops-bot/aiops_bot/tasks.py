@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def store() -> Store:
-    return Store(config.data_dir() / "aiops.sqlite3")
+    return Store(config.data_dir() / "aiops.sqlite3", startup_grace=config.startup_grace())
 
 
 def _headers() -> dict[str, str]:
