@@ -303,6 +303,7 @@ class Platform:
     async def shutdown(self) -> None:
         """SIGTERM every child, SIGKILL those still running after the grace period, then Redis."""
         self.stop.set()
+        remove_state(self.state_files)  # first: commands following the platform let go now
         for supervisor in self.supervisors:
             supervisor.cancel()
         await asyncio.gather(*self.supervisors, return_exceptions=True)
@@ -323,7 +324,6 @@ class Platform:
         if self.redis is not None:
             await asyncio.to_thread(self.redis.stop)
             self.redis = None
-        remove_state(self.state_files)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
