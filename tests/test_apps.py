@@ -350,6 +350,33 @@ def test_compose_file_runs_every_app_and_worker_against_redis_and_postgres() -> 
     assert volumes <= set(compose["volumes"])
 
 
+def test_compose_file_follows_the_compose_specification() -> None:
+    import importlib.resources
+
+    import jsonschema
+
+    schema_file = importlib.resources.files("check_jsonschema") / (
+        "builtin_schemas/vendor/compose-spec.json"
+    )
+    schema = json.loads(schema_file.read_text())
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in
+              validator.iter_errors(compose)]  # fmt: skip
+    assert errors == []
+    broken = {**compose, "services": {"x": {"image": 1, "restart": "sometimes"}}}
+    assert list(validator.iter_errors(broken))  # the schema does reject a bad file
+
+
+def test_compose_api_health_checks_send_the_api_key() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    for name in APP_NAMES:
+        [*_, code] = compose["services"][name]["healthcheck"]["test"]
+        assert "/api/scheduler/health" in code
+        assert "'X-API-Key': os.environ.get('AGENTSCHED_API_KEY', '')" in code
+        compile(code, "healthcheck", "exec")  # the command is valid Python
+
+
 # --- across apps, with real workers -------------------------------------------------------
 @pytest.fixture
 def platform(tmp_path: Path, prefix: str) -> Any:
