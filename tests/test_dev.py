@@ -175,6 +175,10 @@ def test_dev_becomes_ready_and_sigint_stops_everything(
     tail = subprocess.Popen([sys.executable, "-m", "agentsched.cli", "events", "tail"],
                             cwd=tmp_path, env=tail_env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert tail.stderr is not None
+    first = tail.stderr.readline()  # said once it is connected: a busy machine starts slowly
+    redis_at = f"redis://127.0.0.1:{redis_port}/0"
+    assert first == f"agentsched: following events at {redis_at} (Ctrl-C stops)\n"
 
     # A worker killed outright is restarted; the others keep running.
     worker = process_of(children, "arq", "rag-chat")

@@ -135,12 +135,14 @@ async def _watch(state: DevState) -> None:
 
 async def _tail(args: argparse.Namespace, redis_url: str | None, from_id: str) -> None:
     from agentsched.events import EventBus
-    from agentsched.settings import get_settings
+    from agentsched.settings import get_settings, mask_url
 
     settings = get_settings()
     if redis_url is not None:
         settings = settings.model_copy(update={"redis_url": redis_url})
     async with EventBus(settings=settings) as bus:
+        print(f"agentsched: following events at {mask_url(settings.redis_url)} (Ctrl-C stops)",
+              file=sys.stderr, flush=True)  # fmt: skip
         async for event in bus.tail(*args.patterns, from_id=from_id):
             target = event.target_agent or "*"
             print(
