@@ -140,10 +140,11 @@ def find_dev(*starts: Path) -> DevState | None:
         root = repo_root(start)
         if root is not None and (found := _load(root / ".agentsched" / STATE_NAME)):
             return found
-    candidates = sorted(
-        runtime_dir().glob("dev-*.env"), key=lambda p: p.stat().st_mtime, reverse=True
-    )
-    for path in candidates:
+    stamped = []
+    for path in runtime_dir().glob("dev-*.env"):
+        with contextlib.suppress(OSError):  # a platform may remove its file meanwhile
+            stamped.append((path.stat().st_mtime, path))
+    for _, path in sorted(stamped, reverse=True):
         if found := _load(path):
             return found
     return None

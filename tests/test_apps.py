@@ -303,6 +303,13 @@ def test_aiops_does_not_alert_apps_that_are_still_starting(tmp_path: Path) -> No
     alerts, _ = store.record(report("ghost", "02:00", "down"))
     assert [(a["app"], a["kind"]) for a in alerts] == [("ghost", "down")]
     assert store.record(report("ghost", "02:30", "down")) == ([], False)
+    assert store.record(report("rag-chat", "03:00", None)) == ([], True)  # recovered
+    # After a restart of aiops-bot (the platform restarting), the grace applies again...
+    restarted = Store(tmp_path / "aiops.sqlite3", startup_grace=120, boot="second")
+    assert restarted.record(report("rag-chat", "10:00", "down")) == ([], False)
+    # ...while the same process alerts an app that answered before at once.
+    alerts, _ = store.record(report("rag-chat", "10:01", "down"))
+    assert [a["kind"] for a in alerts] == ["down"]
 
 
 # --- tasks files and compose --------------------------------------------------------------

@@ -481,6 +481,41 @@ async def test_worker_alias_runs_queued_jobs(settings: Settings) -> None:
         assert await queue.get_result(execution.id, timeout=5) == 42
 
 
+async def test_app_mismatch_is_the_same_line_in_validate_and_the_worker(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "tasks.yaml"
+    path.write_text("app: someone-else\ntasks: []\n")
+    env = subprocess_env(settings, AGENTSCHED_TASKS_FILE=str(path))
+    expected = (
+        f"agentsched: {path}: app: is 'someone-else' but AGENTSCHED_APP says "
+        f"'{settings.app}' (line 1)"
+    )
+    code, out, err = await cli(env, "validate", "--modules", "tests.sample_tasks", str(path))
+    assert (code, out, one_error_line(err)) == (1, "", expected)
+    code, _, err = await cli(env, "worker", "--", "--burst", timeout=90)
+    assert (code, one_error_line(err)) == (1, expected)
+
+
+def test_an_app_dirs_repository_leads_to_its_platform(tmp_path: Path) -> None:
+    from agentsched.dev_state import find_dev, write_state
+
+    repo, elsewhere = tmp_path / "clone", tmp_path / "elsewhere"
+    (repo / "apps" / "rag-chat").mkdir(parents=True)
+    elsewhere.mkdir()
+    assert find_dev(repo / "apps" / "rag-chat", elsewhere) is None
+    values = {"AGENTSCHED_REDIS_URL": "redis://127.0.0.1:7/0", "AGENTSCHED_DEV_PID": "0"}
+    write_state([repo / ".agentsched" / "dev.env"], values)
+    assert find_dev(repo / "apps" / "rag-chat", elsewhere) is None  # its pid is gone
+    values["AGENTSCHED_DEV_PID"] = str(os.getpid())
+    write_state([repo / ".agentsched" / "dev.env"], values)
+    found = find_dev(repo / "apps" / "rag-chat", elsewhere)
+    assert found is not None and found.redis_url == "redis://127.0.0.1:7/0"
+    assert found.still_current()
+    write_state([repo / ".agentsched" / "dev.env"], {**values, "AGENTSCHED_REDIS_URL": "x"})
+    assert not found.still_current()  # a restarted platform: followers notice
+
+
 async def test_worker_with_a_missing_app_dir_is_one_line(tmp_path: Path) -> None:
     code, _, err = await cli(CLEAN_ENV, "worker", "--app-dir", str(tmp_path / "nope"))
     assert code == 1
