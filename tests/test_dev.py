@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,8 +19,10 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
-from agentsched.dev import discover_apps, load_log_config
+from agentsched.cli import build_parser
+from agentsched.dev import HINT, RUN_ON_READY, discover_apps, load_log_config
 from agentsched.dev_state import read_env_file
 from agentsched.dev_supervisor import CrashPolicy, describe_exit
 from agentsched.embedded_redis import EmbeddedRedis, free_port, port_is_free
@@ -258,6 +262,21 @@ def test_discover_apps_assigns_ports_in_name_order() -> None:
         assert app.env["AGENTSCHED_APP"] == app.name
         module = app.asgi_app.split(":")[0]
         assert (app.directory / (module.replace(".", "/") + ".py")).is_file()
+
+
+def test_every_flow_hint_names_a_real_command() -> None:
+    apps = discover_apps(ROOT, 9000)
+    urls = {a.name: a.url for a in apps}
+    hints = [a.env[HINT].format_map(urls) for a in apps if HINT in a.env]
+    assert len(hints) == 2  # scraper -> rag-chat, aiops -> support -> email
+    parser = build_parser()
+    for hint in hints:
+        for command in re.findall(r"agentsched ([^,;]+?)(?:,|;| then|$)", hint):
+            parser.parse_args(shlex.split(command))  # exits (a failure) if not a valid command
+    for app in apps:
+        for name in filter(None, app.env.get(RUN_ON_READY, "").split(",")):
+            tasks = yaml.safe_load((app.directory / "tasks.yaml").read_text())["tasks"]
+            assert name in {t["name"] for t in tasks}
 
 
 def test_read_env_file_names_the_bad_line(tmp_path: Path) -> None:

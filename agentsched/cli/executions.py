@@ -99,7 +99,9 @@ async def wait_for(queue: TaskQueue, execution: Execution, args: argparse.Namesp
     seen = ""
     while True:
         execution = await queue.get_execution(execution.id)
-        state = f"{execution.status.value} {_progress(execution)}".strip()
+        tries = f"(attempt {execution.attempt} of {execution.max_tries})"
+        state = " ".join(filter(None, [execution.status.value, _progress(execution),
+                                       tries if execution.max_tries > 1 else ""]))  # fmt: skip
         if state != seen:
             seen = state
             print(f"agentsched: {execution.id} {state}", file=sys.stderr, flush=True)
