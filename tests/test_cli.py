@@ -21,10 +21,11 @@ import pytest
 
 from agentsched import EventBus, TaskQueue
 from agentsched.cli import build_parser, main
+from agentsched.dev_state import write_state
 from agentsched.jobs.runtime import Runtime
 from agentsched.scheduling.service import Scheduler
 from agentsched.settings import Settings
-from tests.conftest import subprocess_env
+from tests.conftest import delete_prefix, subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CLEAN_ENV = {"PATH": "/usr/bin:/bin"}
@@ -470,6 +471,49 @@ async def test_events_tail_prints_matching_events(settings: Settings) -> None:
     assert proc.returncode == 0
     assert ' demo.hello cli-test->rag-chat {"n": 1}' in line
     assert b"other.thing" not in rest
+
+
+async def test_events_tail_follows_the_platform_and_ends_with_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    other_db = settings.redis_url.rsplit("/", 1)[0] + "/11"  # "the restarted platform"
+    env = subprocess_env(settings, XDG_RUNTIME_DIR=str(tmp_path))
+    redis_url, db_url = env.pop("AGENTSCHED_REDIS_URL"), env.pop("AGENTSCHED_DATABASE_URL")
+    state = tmp_path / "agentsched" / f"dev-{os.getpid()}.env"  # this process: alive
+
+    def platform(url: str) -> None:
+        write_state([state], {"AGENTSCHED_REDIS_URL": url, "AGENTSCHED_DATABASE_URL": db_url,
+                              "AGENTSCHED_DEV_PID": str(os.getpid())})  # fmt: skip
+
+    platform(redis_url)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentsched.cli", "events", "tail", "demo.*", cwd=tmp_path,
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+
+    async def said(stream: asyncio.StreamReader) -> str:
+        return (await asyncio.wait_for(stream.readline(), 60)).decode().rstrip("\n")
+
+    try:
+        assert (await said(proc.stderr)).startswith("agentsched: following events at ")
+        platform(other_db)
+        assert await said(proc.stderr) == "agentsched: the dev platform restarted"
+        assert (await said(proc.stderr)).startswith("agentsched: following events at ")
+        moved = settings.model_copy(update={"redis_url": other_db})
+        async with EventBus("cli-test", settings=moved) as bus:
+            await bus.publish("demo.moved", payload={"n": 2})
+        assert " demo.moved cli-test->* " in await said(proc.stdout)
+        state.unlink()  # the platform stopped
+        assert await said(proc.stderr) == (
+            f"agentsched: the dev platform (pid {os.getpid()}) stopped; events tail ends"
+        )
+        assert await asyncio.wait_for(proc.wait(), 30) == 1
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await delete_prefix(other_db, settings.redis_prefix)
 
 
 async def test_worker_alias_runs_queued_jobs(settings: Settings) -> None:

@@ -182,7 +182,7 @@ def events_tail(args: argparse.Namespace) -> int:
                 )
                 return 1
             print(
-                f"agentsched: the dev platform restarted; following it at {state.redis_url}",
+                "agentsched: the dev platform restarted",
                 file=sys.stderr,
                 flush=True,
             )
