@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import tests.sample_tasks  # noqa: F401  (registers the tasks schedules here name)
 from agentsched import EventBus, TaskQueue
 from agentsched.cli import build_parser, main
 from agentsched.dev_state import write_state

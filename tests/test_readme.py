@@ -9,10 +9,13 @@ a block after `<!-- readme-test: background -->` runs in the background until th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -104,7 +107,8 @@ def test_every_readme_block_runs(settings: Settings, tmp_path: Path) -> None:
                 log = (tmp_path / f"{name}.log").open("wb")
                 logs.append(log)
                 background.append(subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log,
-                                                   stderr=subprocess.STDOUT))  # fmt: skip
+                                                   stderr=subprocess.STDOUT,
+                                                   start_new_session=True))  # fmt: skip
                 continue
             result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True,
                                     text=True, timeout=RUN_TIMEOUT)  # fmt: skip
@@ -113,15 +117,25 @@ def test_every_readme_block_runs(settings: Settings, tmp_path: Path) -> None:
             )
             _check_comments(block, result.stdout)
     finally:
-        for proc in background:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        for proc in background:  # the whole group: bash and the worker it started
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+            deadline = time.monotonic() + 30
+            while _group_alive(proc.pid):  # the worker finishes its own SIGTERM shutdown
+                if time.monotonic() > deadline:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                time.sleep(0.1)
         for log in logs:
             log.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _check_comments(block: Block, stdout: str) -> None:
