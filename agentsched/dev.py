@@ -3,11 +3,13 @@
 Starts an embedded Redis (unless `AGENTSCHED_REDIS_URL` is set) and SQLite (unless
 `AGENTSCHED_DATABASE_URL` is set), then for each app under `apps/*/app.env` one uvicorn
 process and one `arq agentsched.WorkerSettings` worker, waits for every app's
-`/api/scheduler/health` and says "ready". Children run in their own sessions, so Ctrl-C
-reaches only this process, which stops them (SIGTERM, then SIGKILL after a grace period)
-and Redis last; a second Ctrl-C kills at once. Child output is shown line by line,
-prefixed with its name. Also home of the helpers `agentsched worker` shares: env files
-and the logging configuration (`LOG_CONFIG`, read by arq's `--custom-log-dict`).
+`/api/scheduler/health` and says "ready", with a command to start each flow. A child
+that exits is restarted with a back-off (`dev_supervisor.py`); only a crash loop or
+Ctrl-C stops the platform. Children run in their own sessions, so Ctrl-C reaches only
+this process, which stops them (SIGTERM, then SIGKILL after a grace period) and Redis
+last; a second Ctrl-C kills at once. Child output is shown line by line, prefixed with
+its name. The state file (`dev_state.py`) lets the other commands find the platform.
+Also home of the logging configuration (`LOG_CONFIG`, read by arq's `--custom-log-dict`).
 """
 
 from __future__ import annotations
@@ -25,14 +27,27 @@ from typing import Any
 import httpx
 import yaml
 
+from agentsched.dev_state import (
+    SHARED_ENV,
+    STATE_NAME,
+    read_env_file,
+    remove_state,
+    runtime_dir,
+    write_state,
+)
+from agentsched.dev_supervisor import Child, describe_exit
 from agentsched.embedded_redis import HOST, EmbeddedRedis, port_is_free
 from agentsched.errors import ConfigError
 from agentsched.jobs.runtime import Runtime
 from agentsched.settings import load_settings, mask_url
 
-SHARED_ENV = Path("config/agentsched.env")
 DEFAULT_LOG_CONFIG = "config/logging.yaml"
 WORKER_LOG_DICT = "agentsched.dev.LOG_CONFIG"
+# app.env keys read by `agentsched dev` only: schedules to run once when the platform is
+# ready (comma-separated names), and a line telling how to start the app's flow, with
+# `{app-name}` replaced by that app's URL.
+RUN_ON_READY = "AGENTSCHED_DEV_RUN_ON_READY"
+HINT = "AGENTSCHED_DEV_HINT"
 _FALLBACK_LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -41,24 +56,6 @@ _FALLBACK_LOGGING: dict[str, Any] = {
     "loggers": {"arq": {"level": "WARNING"}},
     "root": {"level": "INFO", "handlers": ["console"]},
 }
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """`KEY=value` lines of an env file (`#` comments, blank lines ignored); `ConfigError`."""
-    values: dict[str, str] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    for number, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ConfigError(f"{path}:{number}: expected KEY=value, got {line[:60]!r}")
-        values[key.strip()] = value.strip()
-    return values
 
 
 def load_log_config(path: str | Path) -> dict[str, Any]:
@@ -128,57 +125,6 @@ def say(message: str) -> None:
     print(f"agentsched dev: {message}", flush=True)
 
 
-def _die_with_parent() -> None:
-    # Runs in the child before exec: if `agentsched dev` is killed outright, the kernel
-    # sends the child SIGTERM, so no process outlives the platform.
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Child:
-    """One child process whose output is relayed line by line under `label`."""
-
-    label: str
-    argv: list[str]
-    env: dict[str, str]
-    proc: asyncio.subprocess.Process | None = None
-    pump: asyncio.Task[None] | None = None
-
-    async def start(self, cwd: Path, width: int) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, cwd=cwd, env=self.env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
-        )  # fmt: skip
-        self.pump = asyncio.create_task(self._relay(self.label.ljust(width)))
-
-    async def _relay(self, prefix: str) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            print(f"{prefix} | {raw.decode(errors='replace').rstrip()}", flush=True)
-
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.returncode if self.proc is not None else None
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, sig)  # the child's whole session: no grandchild escapes
-
-    async def wait(self) -> int:
-        assert self.proc is not None
-        code = await self.proc.wait()
-        if self.pump is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.pump
-        return code
-
-
 def _healthy(response: httpx.Response) -> bool:
     """Redis and the database answer (200) and a worker of the app renewed its heartbeat."""
     return response.status_code == 200 and response.json().get("workers", {}).get("live", 0) > 0
@@ -195,6 +141,10 @@ class Platform:
         self.children: list[Child] = []
         self.stop = asyncio.Event()
         self.signals = 0
+        self.supervisors: list[asyncio.Task[None]] = []
+        self.failure: str | None = None  # why the platform stopped on its own
+        self.width = 0
+        self.state_files = [self.state / STATE_NAME, runtime_dir() / f"dev-{os.getpid()}.env"]
 
     def select_apps(self) -> list[AppSpec]:
         apps = discover_apps(self.root, self.options.base_port)
@@ -270,13 +220,13 @@ class Platform:
         return base
 
     async def wait_ready(self, apps: list[AppSpec], headers: dict[str, str]) -> bool:
-        """Poll each app's health until all are healthy; False if stopped or a child died."""
+        """Poll each app's health until all are healthy; False if stopped or timed out."""
         pending = {a.name: f"{a.url}/api/scheduler/health" for a in apps}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.ready_timeout
         async with httpx.AsyncClient(timeout=2.0, headers=headers) as client:
             while pending:
-                if self.stop.is_set() or self.dead_child() is not None:
+                if self.stop.is_set():
                     return False
                 if loop.time() > deadline:
                     say(f"not ready after {self.options.ready_timeout:.0f}s: {', '.join(pending)}")
@@ -289,9 +239,6 @@ class Platform:
                 await asyncio.sleep(0.25)
         return True
 
-    def dead_child(self) -> Child | None:
-        return next((c for c in self.children if c.returncode is not None), None)
-
     def on_signal(self) -> None:
         self.signals += 1
         self.stop.set()
@@ -299,19 +246,67 @@ class Platform:
             for child in self.children:
                 child.signal(signal.SIGKILL)
 
-    async def watch(self) -> int:
-        """Run until a signal (exit 0) or until a child exits on its own (exit 1)."""
+    async def supervise(self, child: Child) -> None:
+        """Restart `child` whenever it exits, until Ctrl-C or a crash loop stops the platform."""
+        loop = asyncio.get_running_loop()
         while not self.stop.is_set():
-            child = self.dead_child()
-            if child is not None:
-                say(f"{child.label} exited with code {child.returncode}; stopping the platform")
-                return 1
+            code = await child.wait()
+            if self.stop.is_set():
+                return
+            backoff = child.policy.record(loop.time())
+            if backoff is None:
+                last = f"; its last line: {child.last_line[:200]}" if child.last_line else ""
+                self.failure = (
+                    f"{child.label} {describe_exit(code)} {child.policy.limit} times within "
+                    f"{child.policy.window:.0f}s; stopping the platform{last}"
+                )
+                say(self.failure)
+                self.stop.set()
+                return
+            say(f"{child.label} {describe_exit(code)}; restarting it in {backoff:g}s")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), 0.5)
-        return 0
+                await asyncio.wait_for(self.stop.wait(), backoff)
+            if self.stop.is_set():
+                return
+            await child.start(self.root, self.width)
+            say(f"{child.label} restarted (pid {child.pid})")
+
+    async def run_on_ready(self, apps: list[AppSpec], headers: dict[str, str]) -> None:
+        """Run now the schedules each app.env names in `AGENTSCHED_DEV_RUN_ON_READY`, so a
+        newcomer sees the flows at once instead of after their first interval."""
+        async with httpx.AsyncClient(timeout=10.0, headers=headers) as client:
+            for app in apps:
+                names = [n.strip() for n in app.env.get(RUN_ON_READY, "").split(",")]
+                for name in filter(None, names):
+                    base = f"{app.url}/api/scheduler/tasks"
+                    try:
+                        listed = await client.get(base, params={"limit": 500})
+                        found = [t for t in listed.json()["items"] if t["name"] == name]
+                        if not found:
+                            say(f"{app.name}: no schedule {name!r} to run at start-up")
+                            continue
+                        run = await client.post(f"{base}/{found[0]['id']}/run")
+                        run.raise_for_status()
+                    except (httpx.HTTPError, ValueError, KeyError) as exc:
+                        say(f"{app.name}: could not run {name!r} at start-up: {exc}")
+                        continue
+                    say(f"{app.name}: ran schedule {name!r} now (execution {run.json()['id']})")
+
+    def say_hints(self, apps: list[AppSpec]) -> None:
+        urls = {a.name: a.url for a in apps}
+        for app in apps:
+            hint = app.env.get(HINT)
+            if hint:
+                with contextlib.suppress(KeyError, ValueError, IndexError):
+                    say(f"  try: {hint.format_map(urls)}")
 
     async def shutdown(self) -> None:
         """SIGTERM every child, SIGKILL those still running after the grace period, then Redis."""
+        self.stop.set()
+        remove_state(self.state_files)  # first: commands following the platform let go now
+        for supervisor in self.supervisors:
+            supervisor.cancel()
+        await asyncio.gather(*self.supervisors, return_exceptions=True)
         running = [c for c in self.children if c.proc is not None]
         if running:
             say(f"stopping {len(running)} process(es)")
@@ -329,8 +324,6 @@ class Platform:
         if self.redis is not None:
             await asyncio.to_thread(self.redis.stop)
             self.redis = None
-        with contextlib.suppress(FileNotFoundError):
-            (self.state / "dev.env").unlink()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -348,28 +341,31 @@ class Platform:
         shared = read_env_file(self.root / SHARED_ENV) if (self.root / SHARED_ENV).is_file() else {}
         self.state.mkdir(parents=True, exist_ok=True)
         redis_url, db_url = await self.connections(shared)
-        (self.state / "dev.env").write_text(
-            f"AGENTSCHED_REDIS_URL={redis_url}\nAGENTSCHED_DATABASE_URL={db_url}\n"
-            f"AGENTSCHED_DEV_PID={os.getpid()}\n"
-        )
+        write_state(self.state_files, {
+            "AGENTSCHED_REDIS_URL": redis_url, "AGENTSCHED_DATABASE_URL": db_url,
+            "AGENTSCHED_DEV_PID": str(os.getpid()), "AGENTSCHED_DEV_ROOT": str(self.root),
+            "AGENTSCHED_DEV_APPS": ",".join(f"{a.name}={a.url}" for a in apps),
+        })  # fmt: skip
         base = self.base_env(shared, redis_url, db_url)
         self.children = self.plan(apps, base)
-        width = max(len(c.label) for c in self.children)
+        self.width = max(len(c.label) for c in self.children)
         for app in apps:
             say(f"starting {app.name}: api {app.url} + worker")
         for child in self.children:
-            await child.start(self.root, width)
+            await child.start(self.root, self.width)
+        self.supervisors = [asyncio.create_task(self.supervise(c)) for c in self.children]
         key = base.get("AGENTSCHED_API_KEY")
-        if not await self.wait_ready(apps, {"X-API-Key": key} if key else {}):
-            dead = self.dead_child()
-            if dead is not None:
-                say(f"{dead.label} exited with code {dead.returncode} during start-up")
-            return 0 if self.stop.is_set() else 1
+        headers = {"X-API-Key": key} if key else {}
+        if not await self.wait_ready(apps, headers):
+            return 1 if self.failure or not self.signals else 0
         say(f"ready: {len(apps)} app(s), {len(apps)} worker(s), Redis {mask_url(redis_url)}")
         for app in apps:
             say(f"  {app.name:<14} {app.url}   docs {app.url}/docs")
-        say("press Ctrl-C to stop")
-        return await self.watch()
+        await self.run_on_ready(apps, headers)
+        self.say_hints(apps)
+        say("press Ctrl-C to stop; a process that exits is restarted")
+        await self.stop.wait()
+        return 1 if self.failure else 0
 
 
 def run_dev(options: Options, root: Path | None = None) -> int:

@@ -49,7 +49,7 @@ from agentsched.jobs.tracker import Encoded, Tracker
 from agentsched.keys import Keys
 from agentsched.registry import TaskDef, import_task_modules, registered
 from agentsched.scheduling.service import SchedulerService, load_tasks_files
-from agentsched.scheduling.tasks_file import parse_tasks_file
+from agentsched.scheduling.tasks_file import check_app, parse_tasks_file
 from agentsched.serialization import dumps, dumps_str, loads
 from agentsched.settings import Settings, get_settings
 from agentsched.status import ErrorKind
@@ -592,7 +592,7 @@ def worker_settings_for_cli() -> type:
         logging.getLogger("agentsched").setLevel(settings.log_level)
         built = build_worker_settings(settings)
         for path in settings.tasks_file:
-            parse_tasks_file(path, check_functions=True)
+            check_app(parse_tasks_file(path, check_functions=True), settings.app, "AGENTSCHED_APP")
         asyncio.run(_check_services(settings))
     except AgentschedError as exc:
         print(f"agentsched: {exc}", file=sys.stderr)

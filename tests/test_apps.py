@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 import yaml
 
 from agentsched import EventBus
-from agentsched.dev import read_env_file
+from agentsched.dev_state import read_env_file
 from agentsched.embedded_redis import free_port
 from agentsched.settings import Settings, load_settings
 from tests.conftest import REDIS_URL, delete_prefix
@@ -144,6 +145,7 @@ async def test_support_bot_turns_an_alert_event_into_a_ticket(
                 "app": "rag-chat",
                 "kind": "down",
                 "summary": "rag-chat is down",
+                "details": {"detail": "refused", "failures": []},
             }
             event = await bus.publish("aiops.alert", payload=alert)
             await bus.publish(
@@ -156,6 +158,7 @@ async def test_support_bot_turns_an_alert_event_into_a_ticket(
 
         ticket = await eventually(alert_ticket)
         assert (ticket["app"], ticket["kind"], ticket["status"]) == ("rag-chat", "down", "open")
+        assert json.loads(ticket["body"]) == alert["details"]  # JSON, not a Python repr
         tickets = (await client.get("/tickets")).json()
         assert tickets["total"] == 2  # the targeted event was not for support-bot
 
@@ -278,6 +281,37 @@ def test_aiops_alerts_on_changes_only(tmp_path: Path) -> None:
     assert store.alerts()[0]["ticket_id"] == "7"
 
 
+def test_aiops_does_not_alert_apps_that_are_still_starting(tmp_path: Path) -> None:
+    from aiops_bot.checks import Report
+    from aiops_bot.store import Store
+
+    store = Store(tmp_path / "aiops.sqlite3", startup_grace=120)
+
+    def report(app: str, at: str, problem: str | None) -> Report:
+        return Report(app, "http://x", f"2030-01-01T00:{at}+00:00", problem=problem)
+
+    # Every app down on the first check: the platform is starting, no alert.
+    assert store.record(report("rag-chat", "00:00", "down")) == ([], False)
+    assert store.record(report("ghost", "00:00", "down")) == ([], False)
+    assert store.record(report("rag-chat", "00:30", "no_worker")) == ([], False)
+    # rag-chat answers once; from then on its going down is alerted at once.
+    assert store.record(report("rag-chat", "01:00", None)) == ([], False)
+    alerts, _ = store.record(report("rag-chat", "01:30", "down"))
+    assert [a["kind"] for a in alerts] == ["down"]
+    # ghost never answered: alerted once its grace has passed, and only once.
+    assert store.record(report("ghost", "01:59", "down")) == ([], False)
+    alerts, _ = store.record(report("ghost", "02:00", "down"))
+    assert [(a["app"], a["kind"]) for a in alerts] == [("ghost", "down")]
+    assert store.record(report("ghost", "02:30", "down")) == ([], False)
+    assert store.record(report("rag-chat", "03:00", None)) == ([], True)  # recovered
+    # After a restart of aiops-bot (the platform restarting), the grace applies again...
+    restarted = Store(tmp_path / "aiops.sqlite3", startup_grace=120, boot="second")
+    assert restarted.record(report("rag-chat", "10:00", "down")) == ([], False)
+    # ...while the same process alerts an app that answered before at once.
+    alerts, _ = store.record(report("rag-chat", "10:01", "down"))
+    assert [a["kind"] for a in alerts] == ["down"]
+
+
 # --- tasks files and compose --------------------------------------------------------------
 def test_every_tasks_file_validates_with_a_clean_environment() -> None:
     files = [f"apps/{name}/tasks.yaml" for name in APP_NAMES]
@@ -321,6 +355,33 @@ def test_compose_file_runs_every_app_and_worker_against_redis_and_postgres() -> 
         assert name in api["environment"]["AGENTSCHED_PEERS"]
     volumes = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
     assert volumes <= set(compose["volumes"])
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    import importlib.resources
+
+    import jsonschema
+
+    schema_file = importlib.resources.files("check_jsonschema") / (
+        "builtin_schemas/vendor/compose-spec.json"
+    )
+    schema = json.loads(schema_file.read_text())
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in
+              validator.iter_errors(compose)]  # fmt: skip
+    assert errors == []
+    broken = {**compose, "services": {"x": {"image": 1, "restart": "sometimes"}}}
+    assert list(validator.iter_errors(broken))  # the schema does reject a bad file
+
+
+def test_compose_api_health_checks_send_the_api_key() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    for name in APP_NAMES:
+        [*_, code] = compose["services"][name]["healthcheck"]["test"]
+        assert "/api/scheduler/health" in code
+        assert "'X-API-Key': os.environ.get('AGENTSCHED_API_KEY', '')" in code
+        compile(code, "healthcheck", "exec")  # the command is valid Python
 
 
 # --- across apps, with real workers -------------------------------------------------------
@@ -383,11 +444,11 @@ async def test_scraped_page_is_answered_by_rag_chat(platform: Any, pg_url: str) 
                 f"{urls['rag-chat']}/api/scheduler/executions",
                 params={"function": "rag.index_page", "status": "success"},
             )
-            return runs.json()["items"]
+            return [r for r in runs.json()["items"] if r["result"]["url"] == page]
 
-        [run] = await eventually(
-            recorded, timeout=40
-        )  # the history in PostgreSQL, written by the worker
+        # The history in PostgreSQL, written by the worker (the start-up crawl may have
+        # indexed the page too: each run is one execution).
+        run = (await eventually(recorded, timeout=40))[0]
         assert set(run["result"]) == {"url", "tokens"}
         assert run["result"]["url"] == page and run["result"]["tokens"] > 0
 
@@ -400,6 +461,7 @@ async def test_aiops_alert_becomes_a_triaged_support_ticket(platform: Any, tmp_p
         ["aiops-bot", "support-bot"],
         f"sqlite+aiosqlite:///{tmp_path}/platform.db",
         AGENTSCHED_PEERS=f"ghost-app={ghost}",
+        AIOPS_STARTUP_GRACE="0",  # the ghost never answers: alert it at once
     )
     async with httpx.AsyncClient(timeout=10) as client:
         assert (await client.post(f"{urls['aiops-bot']}/check")).status_code == 202

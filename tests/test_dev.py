@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,8 +19,12 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
-from agentsched.dev import discover_apps, load_log_config, read_env_file
+from agentsched.cli import build_parser
+from agentsched.dev import HINT, RUN_ON_READY, discover_apps, load_log_config
+from agentsched.dev_state import read_env_file
+from agentsched.dev_supervisor import CrashPolicy, describe_exit
 from agentsched.embedded_redis import EmbeddedRedis, free_port, port_is_free
 from agentsched.errors import ConfigError, ServiceUnavailable
 
@@ -61,12 +67,19 @@ class DevProcess:
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
-        while "agentsched dev: ready" not in self.output:
+        while "agentsched dev: press Ctrl-C to stop" not in self.output:  # after the hints
             if self.proc.poll() is not None:
                 pytest.fail(f"dev exited with {self.proc.returncode}:\n{self.output[-4000:]}")
             if time.monotonic() > deadline:
                 pytest.fail(f"dev not ready after {timeout}s:\n{self.output[-4000:]}")
             time.sleep(0.2)
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{text!r} not said within {timeout}s:\n{self.output[-4000:]}")
+            time.sleep(0.1)
 
     def stop(self, timeout: float = 45.0) -> int:
         if self.proc.poll() is None:
@@ -99,6 +112,19 @@ def descendants(pid: int) -> set[int]:
             found |= frontier
         return found
     return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+
+
+def process_of(pids: set[int], program: str, app: str) -> int:
+    """The pid among `pids` running `program` (in its command line) for `app`."""
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if program.encode() in cmdline and f"AGENTSCHED_APP={app}".encode() in environ:
+            return pid
+    raise AssertionError(f"no {program} process of {app} among {sorted(pids)}")
 
 
 def alive(pid: int) -> bool:
@@ -143,8 +169,37 @@ def test_dev_becomes_ready_and_sigint_stops_everything(
     assert read_env_file(state / "dev.env")["AGENTSCHED_REDIS_URL"].endswith(f":{redis_port}/0")
     children = descendants(dev.proc.pid)
     assert len(children) >= 2 * len(APP_NAMES) + 1  # an api and a worker per app, and Redis
+    assert "scraper-agent: ran schedule 'crawl-seeds' now" in output  # no 10-minute wait
+    assert "try: scraper-agent -> rag-chat: agentsched run crawl-seeds" in output
+    [runtime_state] = (Path(os.environ["XDG_RUNTIME_DIR"]) / "agentsched").glob("dev-*.env")
+    assert read_env_file(runtime_state) == read_env_file(state / "dev.env")
 
+    # A running tail finds the platform from anywhere, and ends with it.
+    tail_env = clean_env(PYTHONPATH=str(ROOT))
+    tail = subprocess.Popen([sys.executable, "-m", "agentsched.cli", "events", "tail"],
+                            cwd=tmp_path, env=tail_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert tail.stderr is not None
+    first = tail.stderr.readline()  # said once it is connected: a busy machine starts slowly
+    redis_at = f"redis://127.0.0.1:{redis_port}/0"
+    assert first == f"agentsched: following events at {redis_at} (Ctrl-C stops)\n"
+
+    # A worker killed outright is restarted; the others keep running.
+    worker = process_of(children, "arq", "rag-chat")
+    others = children - {worker}
+    os.kill(worker, signal.SIGKILL)
+    dev.wait_for("rag-chat.worker was killed by SIGKILL; restarting it in 0.5s")
+    dev.wait_for("rag-chat.worker restarted (pid ")
+    assert dev.proc.poll() is None and all(alive(p) for p in others)
+
+    children = descendants(dev.proc.pid)  # with the restarted worker
     assert dev.stop() == 0, dev.output[-3000:]
+    _, err = tail.communicate(timeout=30)
+    assert tail.returncode == 1
+    assert err.strip().splitlines() == [
+        f"agentsched: the dev platform (pid {dev.proc.pid}) stopped; events tail ends"
+    ]
+
     left = [pid for pid in children if alive(pid)]
     assert left == [], f"processes left behind: {left}"
     assert port_is_free(redis_port) and all(port_is_free(base + i) for i in range(5))
@@ -191,6 +246,15 @@ def test_dev_outside_a_repo_is_one_line(tmp_path: Path) -> None:
     assert "run 'agentsched dev' in the repo root" in result.stderr
 
 
+def test_crash_policy_backs_off_then_gives_up_on_a_crash_loop() -> None:
+    policy = CrashPolicy(limit=5, window=60)
+    assert [policy.record(t) for t in (0, 1, 2, 3)] == [0.5, 1.0, 2.0, 4.0]
+    assert policy.record(4) is None  # five exits within a minute: a crash loop
+    spaced = CrashPolicy(limit=5, window=60)
+    assert [spaced.record(t * 61) for t in range(10)] == [0.5] * 10  # rare crashes: restart
+    assert describe_exit(-9) == "was killed by SIGKILL" and describe_exit(3) == "exited with code 3"
+
+
 def test_discover_apps_assigns_ports_in_name_order() -> None:
     apps = discover_apps(ROOT, 9000)
     assert [(a.name, a.port) for a in apps] == [(n, 9000 + i) for i, n in enumerate(APP_NAMES)]
@@ -198,6 +262,21 @@ def test_discover_apps_assigns_ports_in_name_order() -> None:
         assert app.env["AGENTSCHED_APP"] == app.name
         module = app.asgi_app.split(":")[0]
         assert (app.directory / (module.replace(".", "/") + ".py")).is_file()
+
+
+def test_every_flow_hint_names_a_real_command() -> None:
+    apps = discover_apps(ROOT, 9000)
+    urls = {a.name: a.url for a in apps}
+    hints = [a.env[HINT].format_map(urls) for a in apps if HINT in a.env]
+    assert len(hints) == 2  # scraper -> rag-chat, aiops -> support -> email
+    parser = build_parser()
+    for hint in hints:
+        for command in re.findall(r"agentsched ([^,;]+?)(?:,|;| then|$)", hint):
+            parser.parse_args(shlex.split(command))  # exits (a failure) if not a valid command
+    for app in apps:
+        for name in filter(None, app.env.get(RUN_ON_READY, "").split(",")):
+            tasks = yaml.safe_load((app.directory / "tasks.yaml").read_text())["tasks"]
+            assert name in {t["name"] for t in tasks}
 
 
 def test_read_env_file_names_the_bad_line(tmp_path: Path) -> None:

@@ -43,6 +43,19 @@ async def wait_sql(
     raise AssertionError(f"SQL row never satisfied the check; last: {row}")
 
 
+async def wait_known(queue: TaskQueue, execution_id: str, timeout: float = 60) -> None:
+    """Wait until a raw job's execution exists: the worker records it when it fails it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await queue.get_execution(execution_id)
+            return
+        except NotFound:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.05)
+
+
 async def redis_keys(settings: Settings) -> list[bytes]:
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
@@ -254,8 +267,9 @@ async def test_pickle_payload_is_never_executed(
     job_id = await _raw_job(settings, payload)
     await run_worker()
     async with TaskQueue(settings) as queue:
+        await wait_known(queue, job_id)  # a busy machine may take a while to reach it
         with pytest.raises(ExecutionFailed, match="Deserialization"):
-            await queue.get_result(job_id, timeout=10)
+            await queue.get_result(job_id, timeout=30)
         record = await queue.get_execution(job_id)
         assert record.error_kind is not None and record.error_kind.value == "deserialization"
         # the worker keeps running
@@ -270,8 +284,9 @@ async def test_unknown_function_in_redis_fails_with_kind(
     job_id = await _raw_job(settings, payload)
     await run_worker()
     async with TaskQueue(settings) as queue:
+        await wait_known(queue, job_id)
         with pytest.raises(ExecutionFailed):
-            await queue.get_result(job_id, timeout=10)
+            await queue.get_result(job_id, timeout=30)
         record = await queue.get_execution(job_id)
         assert record.function == "os.system"
         assert record.error_kind is not None and record.error_kind.value == "unknown_function"

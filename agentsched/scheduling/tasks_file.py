@@ -8,6 +8,7 @@ file, the task and the field, with the line when the YAML nodes tell it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -167,3 +168,19 @@ def parse_tasks_file(path: str | Path, *, check_functions: bool = False) -> Task
         names.add(spec.name)
         specs.append(spec)
     return TasksFile(path=name, app=app, tasks=specs)
+
+
+def check_app(tasks_file: TasksFile, expected: str, source: str) -> None:
+    """`TasksFileError` unless the file's `app:` is `expected`, the app `source` names.
+
+    `agentsched validate` and a starting worker both call it, so both say the same line.
+    """
+    if tasks_file.app == expected:
+        return
+    line = ""
+    with contextlib.suppress(OSError):
+        lines = Path(tasks_file.path).read_text().splitlines()
+        found = next((i for i, text in enumerate(lines, 1) if text.startswith("app:")), None)
+        line = f" (line {found})" if found else ""
+    message = f"is {tasks_file.app!r} but {source} says {expected!r}{line}"
+    raise TasksFileError(tasks_file.path, message, field="app")

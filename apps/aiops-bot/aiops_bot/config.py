@@ -32,3 +32,8 @@ def peers() -> dict[str, str]:
 
 def timeout() -> float:
     return float(os.environ.get("AIOPS_TIMEOUT") or 3)
+
+
+def startup_grace() -> float:
+    """Seconds an app that never answered is given before it is alerted as down."""
+    return float(os.environ.get("AIOPS_STARTUP_GRACE") or 120)

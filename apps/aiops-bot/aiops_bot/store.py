@@ -1,7 +1,11 @@
 """aiops-bot's memory in SQLite: the last state of each app and the alerts raised.
 
 Alerts are raised on changes only (an app going down, new failed executions), so a
-platform that stays broken does not flood support-bot with tickets.
+platform that stays broken does not flood support-bot with tickets. An app is judged
+down only once it has answered a check, or after `startup_grace` seconds from its first
+check: apps of a platform that is still starting are not alerted as down. Both count
+per `boot` (one per aiops-bot worker process), so a restarted platform, whose apps come
+up again at their own pace, gets the same grace.
 """
 
 from __future__ import annotations
@@ -23,14 +27,18 @@ CREATE TABLE IF NOT EXISTS apps (app TEXT PRIMARY KEY, up INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS alerts (id TEXT PRIMARY KEY, app TEXT NOT NULL, kind TEXT NOT NULL,
     severity TEXT NOT NULL, summary TEXT NOT NULL, details TEXT NOT NULL,
     created_at TEXT NOT NULL, ticket_id TEXT);
+CREATE TABLE IF NOT EXISTS first_seen (app TEXT NOT NULL, boot TEXT NOT NULL,
+    checked_at TEXT NOT NULL, answered INTEGER NOT NULL, PRIMARY KEY (app, boot));
 """
 # On its first check of an app, failures younger than this count as new.
 FIRST_LOOKBACK = dt.timedelta(minutes=10)
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, startup_grace: float = 0.0, boot: str = "") -> None:
         self.path = path
+        self.boot = boot
+        self.startup_grace = dt.timedelta(seconds=startup_grace)
         with self._db() as db:
             db.executescript(_SCHEMA)
 
@@ -59,8 +67,9 @@ class Store:
                 "SELECT up, failures_seen_until FROM apps WHERE app = ?", (report.app,)
             ).fetchone()
             was_up = row is None or bool(row["up"])
+            starting = self._starting(db, report)
             alerts = []
-            if report.problem and was_up:
+            if report.problem and was_up and not starting:
                 alerts.append(
                     self._alert(
                         db,
@@ -86,9 +95,25 @@ class Store:
             db.execute(
                 "INSERT OR REPLACE INTO apps (app, up, failures_seen_until, report) "
                 "VALUES (?, ?, ?, ?)",
-                (report.app, report.problem is None, seen, json.dumps(report.__dict__)),
+                (report.app, report.problem is None or starting, seen, json.dumps(report.__dict__)),
             )
         return alerts, report.problem is None and not was_up
+
+    def _starting(self, db: sqlite3.Connection, report: Report) -> bool:
+        """True while `report.app` has never answered and is still within its grace."""
+        row = db.execute(
+            "SELECT checked_at, answered FROM first_seen WHERE app = ? AND boot = ?",
+            (report.app, self.boot),
+        ).fetchone()
+        answered = report.problem is None or bool(row and row["answered"])
+        first = row["checked_at"] if row else report.checked_at
+        db.execute(
+            "INSERT OR REPLACE INTO first_seen (app, boot, checked_at, answered) "
+            "VALUES (?, ?, ?, ?)",
+            (report.app, self.boot, first, answered),
+        )
+        waited = dt.datetime.fromisoformat(report.checked_at) - dt.datetime.fromisoformat(first)
+        return not answered and waited < self.startup_grace
 
     def _alert(
         self, db: sqlite3.Connection, report: Report, kind: str, severity: str, summary: str

@@ -7,6 +7,7 @@ executions) and `aiops.recovered` (an app that was down answers again).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from typing import Any
 
@@ -18,10 +19,13 @@ from aiops_bot.checks import check_app
 from aiops_bot.store import Store
 
 log = logging.getLogger(__name__)
+# This worker process's start: apps get their start-up grace again after a restart.
+BOOT = dt.datetime.now(dt.UTC).isoformat()
 
 
 def store() -> Store:
-    return Store(config.data_dir() / "aiops.sqlite3")
+    grace = config.startup_grace()
+    return Store(config.data_dir() / "aiops.sqlite3", startup_grace=grace, boot=BOOT)
 
 
 def _headers() -> dict[str, str]:

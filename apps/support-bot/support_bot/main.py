@@ -9,6 +9,7 @@ triage) and `aiops.recovered` (resolves the open outage tickets of that app).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -74,7 +75,7 @@ def _listen(bus: EventBus, state: ApiState) -> None:
             app=alert.get("app"),
             kind=str(alert.get("kind", "alert")),
             title=str(alert.get("summary", "alert"))[:300],
-            body=str(alert.get("details", "")),
+            body=json.dumps(alert.get("details") or {}, sort_keys=True),
             alert_id=alert.get("alert_id"),
         )
 
