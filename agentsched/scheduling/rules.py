@@ -2,10 +2,12 @@
 
 `ScheduleSpec` is what a user writes (a tasks.yaml entry or a REST body); `Schedule`
 is a stored row. `next_fire` walks cron expressions on the wall clock of the task's
-timezone: a wall time that does not exist (spring forward) is skipped and one that
-repeats (fall back) fires once, at its first occurrence. Interval schedules count
-absolute seconds from their previous fire time. `plan_fires` decides which due fire
-times to run after a delay or downtime; every function takes `now` explicitly.
+timezone: a wall time that does not exist (spring forward) is skipped; one that repeats
+(fall back) fires once, at its first occurrence, unless the cron's hour field matches
+every hour: such a cron keeps its cadence through both passes of the repeated hour.
+Interval schedules count absolute seconds from their previous fire time. `plan_fires`
+decides which due fire times to run after a delay or downtime; every function takes
+`now` explicitly.
 """
 
 from __future__ import annotations
@@ -281,6 +283,69 @@ def _cron_step(expr: str, tz_name: str, moment: dt.datetime, forward: bool) -> d
     raise InvalidSchedule("cron", f"no fire time within {MAX_CRON_STEPS} candidates")
 
 
+# A fall-back repeats at most this much wall time (1 h nearly everywhere, 2 h once).
+_MAX_FOLD = dt.timedelta(hours=3)
+
+
+def _every_hour(expr: str) -> bool:
+    return bool(_cron(expr).expanded[1] == ["*"])  # croniter folds 0-23, */1 and lists into "*"
+
+
+def _fall_back(tz: ZoneInfo, near: dt.datetime) -> dt.datetime | None:
+    """The instant the clock falls back within `_MAX_FOLD` of `near`, if it does."""
+    low, high = near - _MAX_FOLD, near + _MAX_FOLD
+    offset = low.astimezone(tz).utcoffset()
+    if offset is None or offset <= high.astimezone(tz).utcoffset():  # type: ignore[operator]
+        return None
+    while high - low > dt.timedelta(seconds=1):  # ~15 halvings: the first second after
+        mid = low + (high - low) / 2
+        if mid.astimezone(tz).utcoffset() == offset:
+            low = mid
+        else:
+            high = mid
+    return high.replace(microsecond=0)
+
+
+@lru_cache(maxsize=256)
+def _second_pass(expr: str, tz_name: str, change: dt.datetime) -> tuple[dt.datetime, ...]:
+    """The cron's fire times in the second pass of the wall times repeated at `change`."""
+    tz = zone(tz_name)
+    first = change.astimezone(tz)  # the first wall time of the second pass
+    wall = end = first.replace(tzinfo=None)
+    end += (change - dt.timedelta(seconds=1)).astimezone(tz).utcoffset() - first.utcoffset()  # type: ignore[operator]
+    it = _cron(expr)
+    it.set_current(wall - dt.timedelta(microseconds=1), force=True)
+    found = []
+    for _ in range(MAX_CRON_STEPS):
+        wall = it.get_next(dt.datetime)
+        if wall >= end:
+            break
+        found.append(wall.replace(tzinfo=tz, fold=1).astimezone(UTC))
+    return tuple(found)
+
+
+def _cron_fire(expr: str, tz_name: str, moment: dt.datetime, forward: bool) -> dt.datetime:
+    """`_cron_step`, plus the second pass of a repeated hour for every-hour crons.
+
+    `_cron_step` fires each wall time once, at its first occurrence. A cron whose hour
+    field matches every hour also fires in the second pass, keeping its cadence (as Vixie
+    cron and systemd do). A second-pass instant between `moment` and the first-occurrence
+    answer lies within one fold of `moment` (forward) or of that answer (backward).
+    """
+    found = _cron_step(expr, tz_name, moment, forward)
+    if not _every_hour(expr):
+        return found
+    tz = zone(tz_name)
+    change = _fall_back(tz, moment if forward else found)
+    if change is None:
+        return found
+    if forward:
+        later = [t for t in _second_pass(expr, tz_name, change) if moment < t < found]
+        return min(later, default=found)
+    earlier = [t for t in _second_pass(expr, tz_name, change) if found < t < moment]
+    return max(earlier, default=found)
+
+
 def next_fire(
     schedule: Timing, after: dt.datetime, *, anchor: dt.datetime | None = None
 ) -> dt.datetime:
@@ -302,14 +367,14 @@ def next_fire(
         return anchor + ((after - anchor) // step + 1) * step
     if schedule.cron is None:
         raise InvalidSchedule("cron", "give exactly one of cron or interval")
-    return _cron_step(schedule.cron, schedule.timezone, after, forward=True)
+    return _cron_fire(schedule.cron, schedule.timezone, after, forward=True)
 
 
 def prev_fire(schedule: Timing, before: dt.datetime) -> dt.datetime:
     """The last cron fire time strictly before `before` (UTC)."""
     if schedule.cron is None:
         raise InvalidSchedule("cron", "prev_fire needs a cron schedule")
-    return _cron_step(schedule.cron, schedule.timezone, before.astimezone(UTC), forward=False)
+    return _cron_fire(schedule.cron, schedule.timezone, before.astimezone(UTC), forward=False)
 
 
 @dataclass(frozen=True, slots=True)
