@@ -43,6 +43,10 @@ _CRON_EXAMPLE: dict[str, Any] = {
 
 
 class _Checked(BaseModel):
+    # strict: `"interval": true` or `"enabled": "yes"` is a 422 naming the field, not a
+    # schedule that runs every second or a string taken for true.
+    model_config = ConfigDict(strict=True)
+
     @field_validator("*")
     @classmethod
     def _no_nul(cls, value: Any) -> Any:
@@ -63,7 +67,9 @@ class TaskCreate(_Checked):
     """Body of `POST /tasks`: one `tasks.yaml` entry; exactly one of `cron` / `interval`."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [_CREATE_EXAMPLE, _CRON_EXAMPLE]}
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [_CREATE_EXAMPLE, _CRON_EXAMPLE]},
     )
 
     name: str = Field(min_length=1, max_length=200, description=NAME_DOC)
@@ -96,6 +102,7 @@ class TaskUpdate(_Checked):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [{"cron": "*/5 * * * *", "interval": None}, {"enabled": False}]
         },

@@ -58,6 +58,8 @@ def _delay_seconds(delay: float | dt.timedelta | None, eta: dt.datetime | None) 
         if not isinstance(eta, dt.datetime) or eta.tzinfo is None:
             raise InvalidInput("eta", "must be a timezone-aware datetime")
         seconds = (eta - dt.datetime.now(dt.UTC)).total_seconds()
+        if seconds > MAX_DELAY_S:  # the same bound as delay
+            raise InvalidInput("eta", f"must be at most {MAX_DELAY_S} seconds from now")
         return max(seconds, 0.0)
     if delay is None:
         return 0.0
@@ -158,6 +160,7 @@ class TaskQueue:
         definition = get_task(function)
         a, k, m = _validate_payload(args, kwargs, metadata)
         seconds = _delay_seconds(delay, eta)
+        definition.check_arguments(a, k)  # a misspelt keyword is a 422, not a worker TypeError
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
         ):

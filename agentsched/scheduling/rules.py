@@ -150,9 +150,12 @@ def _reason(exc: BaseException) -> str:
 
 # --- the user-facing shape ----------------------------------------------------------------
 class ScheduleSpec(BaseModel):
-    """A schedule as written in tasks.yaml or sent to the API (unknown keys rejected)."""
+    """A schedule as written in tasks.yaml or sent to the API (unknown keys rejected).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict types: a string is not a boolean, a boolean is not a number.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str
     function: str
