@@ -20,6 +20,7 @@ from arq.constants import expires_extra_ms  # a job key lives one day past its d
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentsched.errors import (
+    CorruptRecord,
     ExecutionCancelled,
     ExecutionFailed,
     InvalidInput,
@@ -197,7 +198,12 @@ class TaskQueue:
         ident = parse_execution_id(execution_id)
         if ident is None:
             raise NotFound("execution", execution_id)
-        found = await self.tracker.get(ident)
+        try:
+            found = await self.tracker.get(ident)
+        except CorruptRecord:  # logged once by from_redis; SQL is the durable record
+            if (stored := await self._runtime.executions.get(self.app, ident)) is None:
+                raise
+            return stored
         if found is not None and found.app == self.app:
             return found
         stored = await self._runtime.executions.get(self.app, ident)
