@@ -46,6 +46,9 @@ MIN_INTERVAL, MAX_INTERVAL = 1.0, 366 * 86_400.0
 MAX_YEARS_BETWEEN_FIRES = 8
 # Cron candidates examined per call: a whole skipped day (Samoa, 2011) is 1,440 minutes.
 MAX_CRON_STEPS = 3_000
+# Missed cron fire times counted one by one after a downtime (~0.2 ms each); beyond this
+# the count is reported as a lower bound. Interval schedules are counted exactly.
+MAX_COUNTED = 2_000
 MAX_PAYLOAD_BYTES = 65_536
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
@@ -387,6 +390,8 @@ class FirePlan:
     runs: list[dt.datetime]  # fire times to enqueue, oldest first
     next_run_at: dt.datetime | None  # the first fire time after now (None: cannot fire)
     missed: int  # due fire times not run (older than the grace, dropped by the policy)
+    exact: bool = True  # False: `missed` is a lower bound (over MAX_COUNTED cron fire times)
+    caught_up: int = 0  # runs that are misfires run late (run_once / run_all after downtime)
 
 
 def plan_fires(schedule: Policy, due: dt.datetime, now: dt.datetime) -> FirePlan:
@@ -396,7 +401,7 @@ def plan_fires(schedule: Policy, due: dt.datetime, now: dt.datetime) -> FirePlan
     misfires: `run_once` runs the latest of them only when nothing is on time, `skip`
     runs none, `run_all` runs them all. At most `max_catchup` runs (the latest) per plan.
     """
-    cap = schedule.max_catchup
+    cap, exact = schedule.max_catchup, True
     if schedule.interval_seconds is not None:
         step = dt.timedelta(seconds=schedule.interval_seconds)
         total = (now - due) // step + 1 if now >= due else 0
@@ -412,7 +417,16 @@ def plan_fires(schedule: Policy, due: dt.datetime, now: dt.datetime) -> FirePlan
             latest.append(cursor)
         if due <= now and len(latest) < cap + 1:
             latest.append(due)
-        total = len(latest)  # a lower bound when the downtime held more than the cap
+        total = len(latest)
+        if len(latest) == cap + 1:  # the downtime may hold more: count on, boundedly
+            while cursor > due:
+                if total >= MAX_COUNTED:
+                    exact = False
+                    break
+                cursor = prev_fire(schedule, cursor)
+                if cursor < due:
+                    break
+                total += 1
     grace = schedule.misfire_grace_seconds
     cutoff = now - dt.timedelta(seconds=DEFAULT_GRACE_SECONDS if grace is None else grace)
     on_time = [f for f in latest if f >= cutoff]
@@ -424,4 +438,6 @@ def plan_fires(schedule: Policy, due: dt.datetime, now: dt.datetime) -> FirePlan
     else:
         chosen = on_time or missed[:1]
     runs = sorted(chosen[:cap])
-    return FirePlan(runs=runs, next_run_at=following, missed=total - len(runs))
+    late = sum(1 for f in runs if f < cutoff)
+    return FirePlan(runs=runs, next_run_at=following, missed=total - len(runs), exact=exact,
+                    caught_up=late)  # fmt: skip

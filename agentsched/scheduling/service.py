@@ -264,9 +264,15 @@ def _runnable(
     schedule: Schedule, plan: FirePlan, busy: bool, definition: TaskDef | None
 ) -> list[dt.datetime]:
     """The fire times of a plan to enqueue, after the overlap policy; logs what it drops."""
+    # One line per decision, at INFO or above, so the worker log explains every gap.
     if plan.missed:
-        log.warning("schedule %s: %d missed fire time(s) not run (misfire_policy=%s)",
-                    schedule.name, plan.missed, schedule.misfire_policy)  # fmt: skip
+        log.warning("schedule %s: %s%d missed fire time(s) not run (misfire_policy=%s)",
+                    schedule.name, "" if plan.exact else "at least ", plan.missed,
+                    schedule.misfire_policy)  # fmt: skip
+    if plan.caught_up:
+        log.info("schedule %s: catching up %d missed fire time(s), the oldest due %s "
+                 "(misfire_policy=%s)", schedule.name, plan.caught_up,
+                 plan.runs[0].isoformat(), schedule.misfire_policy)  # fmt: skip
     if plan.runs and (why := _unrunnable(schedule, definition)):
         log.warning("schedule %s: %s; skipped %d fire time(s)", schedule.name, why,
                     len(plan.runs))  # fmt: skip
@@ -401,7 +407,9 @@ class SchedulerService:
             jobs += [(schedule, fire) for fire in runs]
             last = runs[-1] if runs else None
             skipped = len(plan.runs) - len(runs)
-            advances.append(Advance(schedule.id, _due(schedule), plan.next_run_at, last, skipped))
+            # skipped_runs counts both overlap skips and misfires dropped by the policy.
+            advances.append(Advance(schedule.id, _due(schedule), plan.next_run_at, last,
+                                    skipped + plan.missed))  # fmt: skip
             stats.overlap_skipped += skipped
             stats.missed += plan.missed
         # Enqueue before advancing: a failure rolls the claim back and the retry
