@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # Scheduler loop in every worker.
     scheduler_enabled: bool = True
     log_level: str = "INFO"
+    # Issue 12 (hardening): open `GET /events/stream` responses per API process (each holds
+    # a Redis connection); beyond it a JSON 503.
+    max_event_streams: int = Field(default=64, ge=1, le=10_000)
 
     @field_validator("task_modules", "tasks_file", mode="before")
     @classmethod
