@@ -6,6 +6,7 @@ is built on first access, which is what `arq agentsched.WorkerSettings` does.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from agentsched.errors import AgentschedError
@@ -33,6 +34,11 @@ __all__ = [
     "progress",
     "task",
 ]
+
+try:  # the installed distribution's version: pyproject.toml is the one place it is set
+    __version__ = version("agentsched")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _worker_settings: type | None = None
 
