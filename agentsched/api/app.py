@@ -6,15 +6,18 @@ the `AGENTSCHED_*` environment.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import Message, Receive, Scope, Send
 
 from agentsched.api.errors import install_error_handlers
 from agentsched.api.lifespan import scheduler_lifespan
 from agentsched.api.router import scheduler_router
+from agentsched.errors import AgentschedError, ConfigError
 from agentsched.settings import Settings, get_settings
 
 API_PREFIX = "/api/scheduler"
@@ -33,6 +36,32 @@ class SchedulerApp(FastAPI):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.agentsched_settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        # Starlette reports a failed start-up with the whole traceback, and uvicorn prints
+        # it. An agentsched error (bad setting, Redis or database down, bad tasks file) was
+        # already logged as one line by the lifespan: report it to the server as no more.
+        held: list[Message] = []
+
+        async def hold_failure(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)
+            else:
+                await send(message)
+
+        try:
+            await super().__call__(scope, receive, hold_failure)
+        except AgentschedError:
+            if not held:
+                raise
+            await send({"type": "lifespan.startup.failed", "message": ""})
+        except BaseException:
+            for message in held:
+                await send(message)
+            raise
 
     def openapi(self) -> dict[str, Any]:
         """The schema, with `X-API-Key` required when a key is set and absent otherwise."""
@@ -55,11 +84,16 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app with `scheduler_router` at `/api/scheduler` and its lifespan.
 
-    `settings` default to the `AGENTSCHED_*` environment, read now (so a bad value
-    stops the factory with one `ConfigError` line); `tasks_files` defaults to
+    `settings` default to the `AGENTSCHED_*` environment, read now: a bad value prints
+    one line naming the variable and exits with status 1; `tasks_files` defaults to
     `settings.tasks_file`. OpenAPI is served at `/openapi.json`, docs at `/docs`.
     """
-    settings = settings or get_settings()
+    if settings is None:
+        try:
+            settings = get_settings()
+        except ConfigError as exc:  # `uvicorn ... --factory`: one line, not a traceback
+            print(f"agentsched: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
     app = SchedulerApp(
         settings,
         title=f"agentsched: {settings.app}",
