@@ -9,7 +9,7 @@ function name with `ScheduleSpec`, and its errors name the field (422).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -125,7 +125,9 @@ class TaskUpdate(_Checked):
     misfire_grace_seconds: float | None = Field(
         default=None, ge=0, le=MAX_INTERVAL, allow_inf_nan=False
     )
-    max_catchup: int | SkipJsonSchema[None] = Field(default=None, ge=1, le=1000)
+    # The bounds on the int itself: on the union pydantic would emit bare ge/le keywords,
+    # which are no JSON Schema, so clients (and schemathesis) would not see them.
+    max_catchup: Annotated[int, Field(ge=1, le=1000)] | SkipJsonSchema[None] = None
     overlap: Overlap | SkipJsonSchema[None] = None
 
     @field_validator(*NOT_CLEARABLE, mode="before")
