@@ -103,6 +103,8 @@ async def test_a_debug_worker_never_logs_keyword_values(
     settings: Settings, run_worker: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    # An earlier in-process worker at INFO raised arq.worker to WARNING for this process.
+    caplog.set_level(logging.DEBUG, "arq.worker")
     await run_worker(log_level="DEBUG")
     async with TaskQueue(settings) as queue:
         secrets = {"api_key": "sk-live-123", "password": "hunter2"}
