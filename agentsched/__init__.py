@@ -9,6 +9,7 @@ at once), and `WorkerSettings` is built on first access, which is what
 from __future__ import annotations
 
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from agentsched.errors import AgentschedError
@@ -50,6 +51,12 @@ _LAZY = {
     "progress": "agentsched.jobs.progress",
     "task": "agentsched.registry",
 }
+
+try:  # the installed distribution's version: pyproject.toml is the one place it is set
+    __version__ = version("agentsched")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+
 _worker_settings: type | None = None
 
 

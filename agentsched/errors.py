@@ -5,6 +5,7 @@ The hierarchy (the REST router maps each branch to one HTTP status, in one place
     AgentschedError
      ├── ConfigError              a bad AGENTSCHED_* value or config file    (start-up stops)
      ├── ServiceUnavailable       Redis or the database cannot be reached    (503)
+     │    └── CorruptRecord       an execution hash in Redis cannot be read
      ├── InvalidInput             a user's value is wrong; names the field   (422)
      │    ├── UnknownFunction     a task name that is not registered
      │    ├── InvalidSchedule     a bad cron, interval, timezone or schedule
@@ -44,6 +45,19 @@ class ServiceUnavailable(AgentschedError):
         self.service = service
         self.url = url
         super().__init__(f"{service} unreachable at {url}: {reason}")
+
+
+class CorruptRecord(ServiceUnavailable):
+    """An execution's Redis hash holds bytes that are not UTF-8 or values out of range.
+
+    Readers fall back to the SQL row; without one the API answers 503, never a 500.
+    """
+
+    def __init__(self, execution_id: str, reason: str) -> None:
+        self.service, self.url, self.execution_id = "Redis", "", execution_id
+        AgentschedError.__init__(
+            self, f"the Redis record of execution {execution_id[:64]!r} is unreadable: {reason}"
+        )
 
 
 class InvalidInput(AgentschedError):

@@ -7,12 +7,17 @@ the `task_executions` row (history) and the in-process dataclass.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentsched.errors import CorruptRecord
 from agentsched.serialization import from_ms, loads
 from agentsched.status import ErrorKind, TaskStatus
+
+log = logging.getLogger("agentsched.execution")
+_CORRUPT_LOGGED: set[str] = set()  # ids already logged as unreadable (bounded)
 
 
 @dataclass(slots=True)
@@ -73,8 +78,27 @@ def snapshot_fields(raw: Mapping[Any, Any]) -> Mapping[str, str]:
 
 
 def from_redis(raw: Mapping[Any, Any]) -> Execution:
-    """An `Execution` from its Redis hash (timestamps are stored as epoch ms)."""
-    h = snapshot_fields(raw)
+    """An `Execution` from its Redis hash (timestamps are stored as epoch ms).
+
+    `CorruptRecord` (logged once per id) when the hash holds bytes that are not UTF-8
+    or a field out of its range, so callers can fall back to SQL instead of failing.
+    """
+    try:
+        return _from_hash(snapshot_fields(raw))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        ident = raw.get(b"id", raw.get("id", b"?"))
+        ident = ident.decode(errors="replace") if isinstance(ident, bytes) else str(ident)
+        reason = f"{type(exc).__name__} in a field"  # values stay out of the log
+        if ident not in _CORRUPT_LOGGED:
+            if len(_CORRUPT_LOGGED) >= 1024:
+                _CORRUPT_LOGGED.clear()
+            _CORRUPT_LOGGED.add(ident)
+            log.warning("execution %s: unreadable Redis record (%s); reading SQL", ident[:64],
+                        reason)  # fmt: skip
+        raise CorruptRecord(ident, reason) from None
+
+
+def _from_hash(h: Mapping[str, str]) -> Execution:
     kind = h.get("error_kind")
     return Execution(
         id=h["id"],

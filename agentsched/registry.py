@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
@@ -34,10 +34,32 @@ class TaskDef:
     retry_backoff: float = 1.0
     description: str = ""
     parameters: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    signature: inspect.Signature | None = None
 
     @property
     def max_tries(self) -> int:
         return self.max_retries + 1
+
+    def check_arguments(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+        """`InvalidInput` naming the parameter when `args` / `kwargs` do not bind to the
+        function's signature (a misspelt, missing or extra argument); a function taking
+        ``*args`` / ``**kwargs`` accepts any extra. Values are not checked (JSON has no
+        Python types) and never appear in the message."""
+        sig = self.signature
+        if sig is None:
+            return
+        params = sig.parameters.values()
+        call = f"{self.name}({', '.join(p.name for p in params)})"
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            named = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+            for key in kwargs:
+                if key not in named:
+                    raise InvalidInput(f"kwargs.{key}"[:200], f"{call} takes no argument {key!r}")
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            where = "kwargs" if "multiple values" in str(exc) else "args"
+            raise InvalidInput(where, f"{call}: {exc}") from None
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before attempt `attempt + 1` (exponential, capped at 1 h)."""
@@ -75,6 +97,13 @@ def _parameters(func: Callable[..., Any]) -> tuple[dict[str, Any], ...]:
     return tuple(params)
 
 
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):  # some builtins have none: accept any arguments
+        return None
+
+
 def _register(
     func: F, name: str | None, timeout: float | None, max_retries: int, retry_backoff: float
 ) -> F:
@@ -106,6 +135,7 @@ def _register(
         retry_backoff=retry_backoff,
         description=inspect.getdoc(func) or "",
         parameters=_parameters(func),
+        signature=_signature(func),
     )
     _REGISTRY[task_name] = definition
     setattr(func, _ATTR, definition)

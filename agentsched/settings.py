@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # Scheduler loop in every worker.
     scheduler_enabled: bool = True
     log_level: str = "INFO"
+    # Issue 12 (hardening): open `GET /events/stream` responses per API process (each holds
+    # a Redis connection); beyond it a JSON 503.
+    max_event_streams: int = Field(default=64, ge=1, le=10_000)
 
     # issue 11: Redis faults.
     # How long the API, TaskQueue and the CLI wait for an unavailable Redis before

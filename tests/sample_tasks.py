@@ -16,7 +16,8 @@ async def add(a: int, b: int) -> int:
 
 
 @task(name="tests.noop")
-async def noop() -> None:
+async def noop(*args: object, **kwargs: object) -> None:
+    """Takes anything: the tests' stand-in for a task whose arguments do not matter."""
     return None
 
 

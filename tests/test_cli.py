@@ -174,12 +174,12 @@ async def test_validate_reports_file_task_field_and_line(
 
 async def test_validate_refuses_a_task_of_another_app(app_copy: Path) -> None:
     path = app_copy / "tasks.yaml"
-    path.write_text(path.read_text().replace("email.send_digest", "rag.index_page"))
+    path.write_text(path.read_text().replace("email.send_digest", "rag.refresh_stale"))
     rag = ROOT / "apps" / "rag-chat" / "tasks.yaml"  # imports rag_chat.tasks first
     code, out, err = await cli(CLEAN_ENV, "validate", str(rag), str(path))
     assert code == 1 and out == f"ok: {rag} (1 task)\n"
     assert one_error_line(err) == (
-        f"agentsched: {path}: task 'daily-digest': function: 'rag.index_page' is a task of "
+        f"agentsched: {path}: task 'daily-digest': function: 'rag.refresh_stale' is a task of "
         "rag_chat.tasks, not of email_agent.tasks (line 7)"
     )
 

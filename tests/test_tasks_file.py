@@ -170,6 +170,7 @@ async def test_load_is_idempotent_and_follows_the_file(tmp_path: Path, runtime: 
           - name: api-made
             function: tests.sample_tasks.add
             interval: 1h
+            args: [1, 2]
     """)  # fmt: skip
     third = await scheduler.load_file(path)
     assert third.updated == ["check-inbox"] and third.deleted == ["daily-digest"]

@@ -6,15 +6,20 @@ the `AGENTSCHED_*` environment.
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import Message, Receive, Scope, Send
 
 from agentsched.api.errors import install_error_handlers
 from agentsched.api.lifespan import scheduler_lifespan
 from agentsched.api.router import scheduler_router
+from agentsched.errors import AgentschedError, ConfigError, InvalidInput
+from agentsched.registry import registered
 from agentsched.settings import Settings, get_settings
 
 API_PREFIX = "/api/scheduler"
@@ -34,6 +39,58 @@ class SchedulerApp(FastAPI):
         super().__init__(**kwargs)
         self.agentsched_settings = settings
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await super().__call__(scope, receive, self._full_allow(scope, send))
+            return
+        if scope["type"] != "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        # Starlette reports a failed start-up with the whole traceback, and uvicorn prints
+        # it. An agentsched error (bad setting, Redis or database down, bad tasks file) was
+        # already logged as one line by the lifespan: report it to the server as no more.
+        held: list[Message] = []
+
+        async def hold_failure(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)
+            else:
+                await send(message)
+
+        try:
+            await super().__call__(scope, receive, hold_failure)
+        except AgentschedError:
+            if not held:
+                raise
+            await send({"type": "lifespan.startup.failed", "message": ""})
+        except BaseException:
+            for message in held:
+                await send(message)
+            raise
+
+    def _full_allow(self, scope: Scope, send: Send) -> Send:
+        """`send`, with a 405's `Allow` naming every method of the path, not one route's."""
+
+        async def send_allow(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                methods = self._methods_of(scope["path"])
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+                headers.append((b"allow", ", ".join(sorted(methods)).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return send_allow
+
+    def _methods_of(self, path: str) -> set[str]:
+        # From the schema's paths: the public description of the routes, whatever way
+        # FastAPI nests included routers inside.
+        methods: set[str] = set()
+        for template, operations in self.openapi().get("paths", {}).items():
+            pattern = re.sub(r"\\{[^/]+\\}", "[^/]+", re.escape(template))
+            if re.fullmatch(pattern, path):
+                methods |= {method.upper() for method in operations}
+        return methods | ({"HEAD"} if "GET" in methods else set())
+
     def openapi(self) -> dict[str, Any]:
         """The schema, with `X-API-Key` required when a key is set and absent otherwise."""
         if self.openapi_schema is None:
@@ -46,8 +103,31 @@ class SchedulerApp(FastAPI):
                         operation["security"] = [s for s in security if s]
             if not keyed:
                 schema.get("components", {}).pop("securitySchemes", None)
+            _fit_examples(schema.get("components", {}).get("schemas", {}))
             self.openapi_schema = schema
         return self.openapi_schema
+
+
+def _fit_examples(schemas: dict[str, Any]) -> None:
+    """Request examples that this process would accept: each names a registered function
+    whose signature binds the example's arguments; an example no function fits is dropped
+    (the server must not reject its own examples)."""
+    tasks = registered()
+    for name in ("ExecutionCreate", "TaskCreate"):
+        model = schemas.get(name, {})
+        fitted = []
+        for example in model.get("examples", []):
+            for definition in tasks.values():
+                try:
+                    definition.check_arguments(example.get("args", []), example.get("kwargs", {}))
+                except InvalidInput:
+                    continue
+                fitted.append({**example, "function": definition.name})
+                break
+        if fitted:
+            model["examples"] = fitted
+        else:
+            model.pop("examples", None)
 
 
 def create_app(
@@ -55,11 +135,16 @@ def create_app(
 ) -> FastAPI:
     """A FastAPI app with `scheduler_router` at `/api/scheduler` and its lifespan.
 
-    `settings` default to the `AGENTSCHED_*` environment, read now (so a bad value
-    stops the factory with one `ConfigError` line); `tasks_files` defaults to
+    `settings` default to the `AGENTSCHED_*` environment, read now: a bad value prints
+    one line naming the variable and exits with status 1; `tasks_files` defaults to
     `settings.tasks_file`. OpenAPI is served at `/openapi.json`, docs at `/docs`.
     """
-    settings = settings or get_settings()
+    if settings is None:
+        try:
+            settings = get_settings()
+        except ConfigError as exc:  # `uvicorn ... --factory`: one line, not a traceback
+            print(f"agentsched: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
     app = SchedulerApp(
         settings,
         title=f"agentsched: {settings.app}",

@@ -13,7 +13,8 @@ exception                              status  body
 `Conflict`, `AlreadyFinished`          409     same
 `PayloadTooLarge`                      413     same
 `ServiceUnavailable`, `NotStarted`,    503     same, with a generic message
-Redis / database connection errors
+`TooManyStreams`, Redis / database
+connection errors
 =====================================  ======  ==========================================
 
 The 422 body has the shape of FastAPI's own validation errors, so a client reads one
@@ -80,6 +81,17 @@ class PayloadTooLarge(ApiError):
         super().__init__(f"request body larger than {limit} bytes")
 
 
+class TooManyStreams(ApiError):
+    """`AGENTSCHED_MAX_EVENT_STREAMS` event streams are already open in this process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"{limit} event streams are open in this process (AGENTSCHED_MAX_EVENT_STREAMS);"
+            " retry later"
+        )
+
+
 class ErrorBody(BaseModel):
     """Body of every error response except 422."""
 
@@ -95,6 +107,7 @@ class ErrorBody(BaseModel):
 _UNAVAILABLE: tuple[type[Exception], ...] = (
     ServiceUnavailable,
     NotStarted,
+    TooManyStreams,
     RedisConnectionError,
     RedisTimeoutError,
     OperationalError,

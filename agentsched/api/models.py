@@ -63,8 +63,10 @@ class Page(BaseModel, Generic[T]):
 class ExecutionCreate(BaseModel):
     """Body of `POST /executions`: run a registered task function."""
 
+    # strict: a boolean is not a number and a string is not a boolean (422 naming the field).
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -88,7 +90,9 @@ class ExecutionCreate(BaseModel):
         description="Seconds to wait before it runs",
     )  # fmt: skip
     eta: AwareDatetime | None = Field(
-        default=None, description="When to run it (instead of delay); timezone required"
+        default=None,
+        strict=False,  # JSON has no datetime: an ISO 8601 string is the only way to send one
+        description="When to run it (instead of delay), at most 366 days ahead; timezone required",
     )
     metadata: dict[str, Any] = Field(default_factory=dict, description="Kept with the record")
     idempotency_key: str | None = Field(

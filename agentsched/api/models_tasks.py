@@ -9,7 +9,7 @@ function name with `ScheduleSpec`, and its errors name the field (422).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -43,6 +43,10 @@ _CRON_EXAMPLE: dict[str, Any] = {
 
 
 class _Checked(BaseModel):
+    # strict: `"interval": true` or `"enabled": "yes"` is a 422 naming the field, not a
+    # schedule that runs every second or a string taken for true.
+    model_config = ConfigDict(strict=True)
+
     @field_validator("*")
     @classmethod
     def _no_nul(cls, value: Any) -> Any:
@@ -63,7 +67,9 @@ class TaskCreate(_Checked):
     """Body of `POST /tasks`: one `tasks.yaml` entry; exactly one of `cron` / `interval`."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [_CREATE_EXAMPLE, _CRON_EXAMPLE]}
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [_CREATE_EXAMPLE, _CRON_EXAMPLE]},
     )
 
     name: str = Field(min_length=1, max_length=200, description=NAME_DOC)
@@ -96,6 +102,7 @@ class TaskUpdate(_Checked):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [{"cron": "*/5 * * * *", "interval": None}, {"enabled": False}]
         },
@@ -118,7 +125,9 @@ class TaskUpdate(_Checked):
     misfire_grace_seconds: float | None = Field(
         default=None, ge=0, le=MAX_INTERVAL, allow_inf_nan=False
     )
-    max_catchup: int | SkipJsonSchema[None] = Field(default=None, ge=1, le=1000)
+    # The bounds on the int itself: on the union pydantic would emit bare ge/le keywords,
+    # which are no JSON Schema, so clients (and schemathesis) would not see them.
+    max_catchup: Annotated[int, Field(ge=1, le=1000)] | SkipJsonSchema[None] = None
     overlap: Overlap | SkipJsonSchema[None] = None
 
     @field_validator(*NOT_CLEARABLE, mode="before")
@@ -184,7 +193,10 @@ class TaskRead(BaseModel):
     misfire_grace_seconds: float | None
     max_catchup: int
     overlap: str
-    skipped_runs: int = Field(description="Fire times skipped (misfire or overlap)")
+    skipped_runs: int = Field(
+        description="Fire times skipped (misfire or overlap); after a downtime of over 2,000"
+        " cron fire times, a lower bound"
+    )
     next_run_at: dt.datetime | None
     last_run_at: dt.datetime | None
     created_at: dt.datetime | None

@@ -4,7 +4,8 @@ The stream reuses the app's Redis client (one blocking XREAD per open stream, on
 connection of that client's pool) and issues no Redis command of its own: the bus pings
 before the response starts (Redis down: 503), and `agentsched.events.sse` reads and
 frames. The bus of a stream is stopped when the client disconnects; the Redis client
-stays open, it belongs to the app's `Runtime`.
+stays open, it belongs to the app's `Runtime`. At most `AGENTSCHED_MAX_EVENT_STREAMS`
+streams are open per process; one more gets a JSON 503.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from typing import Annotated, Any
 import anyio
 from fastapi import Header, Query
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from agentsched.api.deps import State
 from agentsched.api.deps import scheduler_router as router
-from agentsched.api.errors import error_responses
+from agentsched.api.errors import TooManyStreams, error_responses
 from agentsched.errors import InvalidEvent
 from agentsched.events import EventBus
 from agentsched.events.sse import sse_stream
@@ -47,6 +49,31 @@ class EventStreamResponse(StreamingResponse):
     """A `StreamingResponse` of `text/event-stream` (so OpenAPI names that media type)."""
 
     media_type = "text/event-stream"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Starlette always calls the response, even when the client left before the first
+        # chunk (and the body generator never started): the stream's slot is freed here.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            _release()
+
+
+# Open streams of this process: each holds a connection of the app's Redis pool for its
+# blocking XREAD, so a client with the key could otherwise use up Redis's maxclients.
+_open = 0
+
+
+def _acquire(limit: int) -> None:
+    global _open
+    if _open >= limit:
+        raise TooManyStreams(limit)
+    _open += 1
+
+
+def _release() -> None:
+    global _open
+    _open = max(0, _open - 1)
 
 
 async def _relay(bus: EventBus, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -105,5 +132,10 @@ async def stream_events(
     except InvalidEvent as exc:
         names = {"patterns": "pattern", "from_id": "last-event-id" if last_event_id else "from_id"}
         raise InvalidEvent(names.get(exc.field, exc.field), exc.message) from None
-    await bus.start()  # Redis down: 503 now rather than a stream that breaks
-    return EventStreamResponse(_relay(bus, chunks), headers=HEADERS)
+    _acquire(state.settings.max_event_streams)  # over the cap: a JSON 503
+    try:
+        await bus.start()  # Redis down: 503 now rather than a stream that breaks
+        return EventStreamResponse(_relay(bus, chunks), headers=HEADERS)
+    except BaseException:
+        _release()
+        raise

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 from typing import Any
 
+import orjson
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -34,7 +35,11 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 10})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    # JSONB stores 1e300 as an exact numeric and prints it back as 301 digits; json.loads
+    # would make that an integer no payload can carry. orjson reads it as the float it was.
+    return create_async_engine(
+        url, pool_size=10, max_overflow=10, pool_pre_ping=True, json_deserializer=orjson.loads
+    )
 
 
 async def _sqlite_wal(engine: AsyncEngine) -> None:

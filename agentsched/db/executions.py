@@ -61,8 +61,16 @@ def _pg_value(name: str, value: Any) -> Any:
     return value
 
 
+# Core statements bind by column name: the `meta` attribute is the `metadata` column, and
+# a row keyed `meta` silently stored the column's default `{}` on SQLite.
+_COLUMN_OF = dict(zip(_PG_KEYS, _PG_COLUMNS, strict=True))
+
+
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: orjson.loads(str(v)) if isinstance(v, RawJSON) else v for k, v in row.items()}
+    return {
+        _COLUMN_OF.get(k, k): orjson.loads(str(v)) if isinstance(v, RawJSON) else v
+        for k, v in row.items()
+    }
 
 
 def _pg_row(row: dict[str, Any]) -> tuple[Any, ...]:

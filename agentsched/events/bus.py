@@ -12,8 +12,11 @@ Delivery is at least once:
   published after it first subscribed, not the backlog;
 * broadcast events (``target_agent`` null) reach every group, targeted ones only the
   target app's; events that no pattern of a reader matches are acknowledged unhandled;
-* an event is acknowledged after its handler finished; one left unacknowledged for
-  ``visibility_timeout`` seconds is claimed by a live consumer of the group; after
+* an event is acknowledged after its handler finished; while the handler runs, its claim
+  is renewed, so no other replica takes it however long it runs. It is redelivered only
+  when the handler raises, its process dies, or ``handler_timeout`` (default: none)
+  passes: then, once unacknowledged for ``visibility_timeout`` seconds, a live consumer of
+  the group claims it; after
   ``max_deliveries`` failed deliveries, or at once when malformed, it is moved to the
   dead-letter stream ``{prefix}events:dead``;
 * a group that vanished (Redis restarted empty, key deleted) is created again and reading
@@ -135,6 +138,9 @@ class EventBus:
     it publishes, the consumer group it reads in, and the ``target_agent`` it answers to.
     Pass ``redis`` to share a client (it is then not closed by `stop`), ``group`` to read
     in another group than the agent's, ``consumer`` for a fixed consumer name.
+    ``handler_timeout`` bounds how long a handler keeps its event: past it, a callback is
+    cancelled (a sync one is abandoned in its thread) and counts as failed, and the claim
+    of an ``async for`` body's event is no longer renewed, so the event is redelivered.
     """
 
     def __init__(
@@ -148,6 +154,7 @@ class EventBus:
         visibility_timeout: float = 30.0,
         max_deliveries: int = 5,
         block_ms: int = 1000,
+        handler_timeout: float | None = None,
     ) -> None:
         self.settings = settings or get_settings()
         self.agent = check_name("agent", agent or self.settings.app)
@@ -156,6 +163,9 @@ class EventBus:
             raise InvalidEvent("consumer", "must be 1-200 characters")
         if visibility_timeout <= 0 or max_deliveries < 1 or block_ms < 1:
             raise ValueError("visibility_timeout, max_deliveries and block_ms must be positive")
+        if handler_timeout is not None and handler_timeout <= 0:
+            raise ValueError("handler_timeout must be positive (or None: no limit)")
+        self.handler_timeout = handler_timeout
         self.consumer = consumer
         self.visibility_timeout, self.max_deliveries = visibility_timeout, max_deliveries
         self.block_ms = block_ms
@@ -326,12 +336,8 @@ class EventBus:
             if not match(event.event_type):
                 continue
             try:
-                result = (
-                    await handler(event) if is_async else await asyncio.to_thread(handler, event)
-                )
-                if inspect.isawaitable(result):
-                    await result
-            except Exception as exc:
+                await asyncio.wait_for(self._call(handler, is_async, event), self.handler_timeout)
+            except Exception as exc:  # TimeoutError too: the handler ran past handler_timeout
                 ok = False
                 log.warning(
                     "event bus: handler %s failed on %s %s (%r); left for redelivery",
@@ -341,6 +347,12 @@ class EventBus:
                     exc,
                 )
         return ok
+
+    @staticmethod
+    async def _call(handler: Handler, is_async: bool, event: EventMessage) -> None:
+        result = await handler(event) if is_async else await asyncio.to_thread(handler, event)
+        if inspect.isawaitable(result):
+            await result
 
     def tail(self, *patterns: str, from_id: str = "$") -> AsyncIterator[EventMessage]:
         """Follow the stream without a group: from now (``$``), the start (``0``) or after

@@ -12,6 +12,10 @@ consumer of one group; `EventBus.subscribe` and the callback listener each own o
   the dead-letter stream instead; so is a malformed entry, at once.
 * Buffered events not yet handled keep their lease: past half the visibility timeout they
   are re-claimed with ``min-idle`` = their age, which skips those another consumer took.
+* The event being handled keeps its lease for as long as its handler runs: a background
+  keeper re-claims it every third of the visibility timeout (XCLAIM JUSTID, so the
+  delivery count stays), until the handler returns or raises, the reader closes, or
+  ``handler_timeout`` passes. Only then can another consumer of the group claim it.
 * NOGROUP (Redis restarted empty, key deleted): the group is created again after the last
   event read, or after the time the reader opened, so events published meanwhile are read.
 * Consumer names (``agent:host:pid:random``) are removed on close when they hold nothing,
@@ -67,6 +71,10 @@ class GroupReader:
         self._read_at = self._yielded_at = self._next_claim = 0.0
         self._last_id = "$"
         self.opened = self.closed = self.busy = self._lost = False
+        # The event being handled: its id, when it was handed out, when its lease was renewed.
+        self._inflight: str | None = None
+        self._inflight_since = self._renewed_at = 0.0
+        self._keeper: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Create the group if missing, at ``$``: a new app sees events from now on."""
@@ -97,7 +105,12 @@ class GroupReader:
                 await self._r.xgroup_delconsumer(self._key, self._group, consumer["name"])
 
     async def next(self, done: str | None) -> tuple[str, EventMessage] | None:
-        """Acknowledge `done` (handled), then return the next event; None once closed."""
+        """Acknowledge `done` (handled), then return the next event; None once closed.
+
+        The event returned is in flight until the next call: its lease is kept alive
+        meanwhile (see `_keep_leases`), whether or not that call acknowledges it.
+        """
+        self._inflight = None
         if done is not None:
             self.acks.append(done)
         delay = 0.1
@@ -115,7 +128,9 @@ class GroupReader:
                     await self._fill()
                 if self._buf and not self._bus._stopped:  # else: released on close
                     self._yielded_at = time.monotonic()
-                    return self._buf.popleft()
+                    item = self._buf.popleft()
+                    self._hold(item[0])
+                    return item
             except ResponseError as exc:
                 # Redis 7 answers UNBLOCKED to a reader blocked on a key that was deleted.
                 if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
@@ -135,6 +150,57 @@ class GroupReader:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         return None
+
+    def _hold(self, sid: str) -> None:
+        # Its idle time in Redis was last reset when it was read, claimed or renewed.
+        self._inflight, self._inflight_since = sid, self._yielded_at
+        self._renewed_at = self._read_at
+        if self._keeper is None or self._keeper.done():
+            name = f"agentsched-events-lease:{self._group}"
+            self._keeper = asyncio.create_task(self._keep_leases(), name=name)
+
+    async def _keep_leases(self) -> None:
+        """Renew the in-flight event's claim every third of the visibility timeout.
+
+        ``min-idle`` is the time since our own last renewal, so an event another consumer
+        took meanwhile (its idle time reset) is not taken back; then we stop renewing it.
+        """
+        timeout = self._bus.handler_timeout
+        while not self.closed:
+            await asyncio.sleep(self._vt / 3)
+            sid = self._inflight
+            if sid is None:
+                continue
+            now = time.monotonic()
+            if timeout is not None and now - self._inflight_since > timeout:
+                log.warning(
+                    "event bus: handler of %s in group %r still running after %.1fs "
+                    "(handler_timeout); its event is left for redelivery",
+                    sid,
+                    self._group,
+                    timeout,
+                )
+                self._inflight = None
+                continue
+            age_ms = int((now - self._renewed_at) * 1000)
+            try:
+                kept = await self._r.xclaim(
+                    self._key, self._group, self._consumer, age_ms, [sid], justid=True
+                )
+            except (ResponseError, *TRANSIENT) as exc:
+                log.debug("event bus: renewing the lease of %s: %s", sid, exc)
+                continue
+            if self._inflight != sid:
+                continue  # finished while we renewed
+            if kept:
+                self._renewed_at = time.monotonic()
+            else:
+                log.warning(
+                    "event bus: lease of %s in group %r was lost to another consumer",
+                    sid,
+                    self._group,
+                )
+                self._inflight = None
 
     async def _fill(self) -> None:
         now = time.monotonic()
@@ -252,7 +318,10 @@ class GroupReader:
         """Flush acks, hand unstarted events to the group now, drop an idle consumer."""
         if self.closed:
             return
-        self.closed = True
+        self.closed, self._inflight = True, None
+        if self._keeper is not None:
+            self._keeper.cancel()
+            self._keeper = None
         if not self.opened or self._bus._redis is not self._r:
             self._bus._readers.discard(self)
             return  # never read, or the bus already closed its client

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentsched.connections import describe, is_transient
 from agentsched.errors import (
+    CorruptRecord,
     ExecutionCancelled,
     ExecutionFailed,
     InvalidInput,
@@ -62,6 +63,8 @@ def _delay_seconds(delay: float | dt.timedelta | None, eta: dt.datetime | None) 
         if not isinstance(eta, dt.datetime) or eta.tzinfo is None:
             raise InvalidInput("eta", "must be a timezone-aware datetime")
         seconds = (eta - dt.datetime.now(dt.UTC)).total_seconds()
+        if seconds > MAX_DELAY_S:  # the same bound as delay
+            raise InvalidInput("eta", f"must be at most {MAX_DELAY_S} seconds from now")
         return max(seconds, 0.0)
     if delay is None:
         return 0.0
@@ -167,6 +170,7 @@ class TaskQueue:
         definition = get_task(function)
         a, k, m = _validate_payload(args, kwargs, metadata)
         seconds = _delay_seconds(delay, eta)
+        definition.check_arguments(a, k)  # a misspelt keyword is a 422, not a worker TypeError
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
         ):
@@ -213,7 +217,12 @@ class TaskQueue:
         ident = parse_execution_id(execution_id)
         if ident is None:
             raise NotFound("execution", execution_id)
-        found = await self.tracker.get(ident)
+        try:
+            found = await self.tracker.get(ident)
+        except CorruptRecord:  # logged once by from_redis; SQL is the durable record
+            if (stored := await self._runtime.executions.get(self.app, ident)) is None:
+                raise
+            return stored
         if found is not None and found.app == self.app:
             return found
         stored = await self._runtime.executions.get(self.app, ident)

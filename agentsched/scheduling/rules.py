@@ -2,10 +2,12 @@
 
 `ScheduleSpec` is what a user writes (a tasks.yaml entry or a REST body); `Schedule`
 is a stored row. `next_fire` walks cron expressions on the wall clock of the task's
-timezone: a wall time that does not exist (spring forward) is skipped and one that
-repeats (fall back) fires once, at its first occurrence. Interval schedules count
-absolute seconds from their previous fire time. `plan_fires` decides which due fire
-times to run after a delay or downtime; every function takes `now` explicitly.
+timezone: a wall time that does not exist (spring forward) is skipped; one that repeats
+(fall back) fires once, at its first occurrence, unless the cron's hour field matches
+every hour: such a cron keeps its cadence through both passes of the repeated hour.
+Interval schedules count absolute seconds from their previous fire time. `plan_fires`
+decides which due fire times to run after a delay or downtime; every function takes
+`now` explicitly.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ MIN_INTERVAL, MAX_INTERVAL = 1.0, 366 * 86_400.0
 MAX_YEARS_BETWEEN_FIRES = 8
 # Cron candidates examined per call: a whole skipped day (Samoa, 2011) is 1,440 minutes.
 MAX_CRON_STEPS = 3_000
+# Missed cron fire times counted one by one after a downtime (~0.2 ms each); beyond this
+# the count is reported as a lower bound. Interval schedules are counted exactly.
+MAX_COUNTED = 2_000
 MAX_PAYLOAD_BYTES = 65_536
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
@@ -148,9 +153,12 @@ def _reason(exc: BaseException) -> str:
 
 # --- the user-facing shape ----------------------------------------------------------------
 class ScheduleSpec(BaseModel):
-    """A schedule as written in tasks.yaml or sent to the API (unknown keys rejected)."""
+    """A schedule as written in tasks.yaml or sent to the API (unknown keys rejected).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict types: a string is not a boolean, a boolean is not a number.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str
     function: str
@@ -281,6 +289,69 @@ def _cron_step(expr: str, tz_name: str, moment: dt.datetime, forward: bool) -> d
     raise InvalidSchedule("cron", f"no fire time within {MAX_CRON_STEPS} candidates")
 
 
+# A fall-back repeats at most this much wall time (1 h nearly everywhere, 2 h once).
+_MAX_FOLD = dt.timedelta(hours=3)
+
+
+def _every_hour(expr: str) -> bool:
+    return bool(_cron(expr).expanded[1] == ["*"])  # croniter folds 0-23, */1 and lists into "*"
+
+
+def _fall_back(tz: ZoneInfo, near: dt.datetime) -> dt.datetime | None:
+    """The instant the clock falls back within `_MAX_FOLD` of `near`, if it does."""
+    low, high = near - _MAX_FOLD, near + _MAX_FOLD
+    offset = low.astimezone(tz).utcoffset()
+    if offset is None or offset <= high.astimezone(tz).utcoffset():  # type: ignore[operator]
+        return None
+    while high - low > dt.timedelta(seconds=1):  # ~15 halvings: the first second after
+        mid = low + (high - low) / 2
+        if mid.astimezone(tz).utcoffset() == offset:
+            low = mid
+        else:
+            high = mid
+    return high.replace(microsecond=0)
+
+
+@lru_cache(maxsize=256)
+def _second_pass(expr: str, tz_name: str, change: dt.datetime) -> tuple[dt.datetime, ...]:
+    """The cron's fire times in the second pass of the wall times repeated at `change`."""
+    tz = zone(tz_name)
+    first = change.astimezone(tz)  # the first wall time of the second pass
+    wall = end = first.replace(tzinfo=None)
+    end += (change - dt.timedelta(seconds=1)).astimezone(tz).utcoffset() - first.utcoffset()  # type: ignore[operator]
+    it = _cron(expr)
+    it.set_current(wall - dt.timedelta(microseconds=1), force=True)
+    found = []
+    for _ in range(MAX_CRON_STEPS):
+        wall = it.get_next(dt.datetime)
+        if wall >= end:
+            break
+        found.append(wall.replace(tzinfo=tz, fold=1).astimezone(UTC))
+    return tuple(found)
+
+
+def _cron_fire(expr: str, tz_name: str, moment: dt.datetime, forward: bool) -> dt.datetime:
+    """`_cron_step`, plus the second pass of a repeated hour for every-hour crons.
+
+    `_cron_step` fires each wall time once, at its first occurrence. A cron whose hour
+    field matches every hour also fires in the second pass, keeping its cadence (as Vixie
+    cron and systemd do). A second-pass instant between `moment` and the first-occurrence
+    answer lies within one fold of `moment` (forward) or of that answer (backward).
+    """
+    found = _cron_step(expr, tz_name, moment, forward)
+    if not _every_hour(expr):
+        return found
+    tz = zone(tz_name)
+    change = _fall_back(tz, moment if forward else found)
+    if change is None:
+        return found
+    if forward:
+        later = [t for t in _second_pass(expr, tz_name, change) if moment < t < found]
+        return min(later, default=found)
+    earlier = [t for t in _second_pass(expr, tz_name, change) if found < t < moment]
+    return max(earlier, default=found)
+
+
 def next_fire(
     schedule: Timing, after: dt.datetime, *, anchor: dt.datetime | None = None
 ) -> dt.datetime:
@@ -302,14 +373,14 @@ def next_fire(
         return anchor + ((after - anchor) // step + 1) * step
     if schedule.cron is None:
         raise InvalidSchedule("cron", "give exactly one of cron or interval")
-    return _cron_step(schedule.cron, schedule.timezone, after, forward=True)
+    return _cron_fire(schedule.cron, schedule.timezone, after, forward=True)
 
 
 def prev_fire(schedule: Timing, before: dt.datetime) -> dt.datetime:
     """The last cron fire time strictly before `before` (UTC)."""
     if schedule.cron is None:
         raise InvalidSchedule("cron", "prev_fire needs a cron schedule")
-    return _cron_step(schedule.cron, schedule.timezone, before.astimezone(UTC), forward=False)
+    return _cron_fire(schedule.cron, schedule.timezone, before.astimezone(UTC), forward=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +390,8 @@ class FirePlan:
     runs: list[dt.datetime]  # fire times to enqueue, oldest first
     next_run_at: dt.datetime | None  # the first fire time after now (None: cannot fire)
     missed: int  # due fire times not run (older than the grace, dropped by the policy)
+    exact: bool = True  # False: `missed` is a lower bound (over MAX_COUNTED cron fire times)
+    caught_up: int = 0  # runs that are misfires run late (run_once / run_all after downtime)
 
 
 def plan_fires(schedule: Policy, due: dt.datetime, now: dt.datetime) -> FirePlan:
@@ -328,7 +401,7 @@ def plan_fires(schedule: Policy, due: dt.datetime, now: dt.datetime) -> FirePlan
     misfires: `run_once` runs the latest of them only when nothing is on time, `skip`
     runs none, `run_all` runs them all. At most `max_catchup` runs (the latest) per plan.
     """
-    cap = schedule.max_catchup
+    cap, exact = schedule.max_catchup, True
     if schedule.interval_seconds is not None:
         step = dt.timedelta(seconds=schedule.interval_seconds)
         total = (now - due) // step + 1 if now >= due else 0
@@ -344,7 +417,16 @@ def plan_fires(schedule: Policy, due: dt.datetime, now: dt.datetime) -> FirePlan
             latest.append(cursor)
         if due <= now and len(latest) < cap + 1:
             latest.append(due)
-        total = len(latest)  # a lower bound when the downtime held more than the cap
+        total = len(latest)
+        if len(latest) == cap + 1:  # the downtime may hold more: count on, boundedly
+            while cursor > due:
+                if total >= MAX_COUNTED:
+                    exact = False
+                    break
+                cursor = prev_fire(schedule, cursor)
+                if cursor < due:
+                    break
+                total += 1
     grace = schedule.misfire_grace_seconds
     cutoff = now - dt.timedelta(seconds=DEFAULT_GRACE_SECONDS if grace is None else grace)
     on_time = [f for f in latest if f >= cutoff]
@@ -356,4 +438,6 @@ def plan_fires(schedule: Policy, due: dt.datetime, now: dt.datetime) -> FirePlan
     else:
         chosen = on_time or missed[:1]
     runs = sorted(chosen[:cap])
-    return FirePlan(runs=runs, next_run_at=following, missed=total - len(runs))
+    late = sum(1 for f in runs if f < cutoff)
+    return FirePlan(runs=runs, next_run_at=following, missed=total - len(runs), exact=exact,
+                    caught_up=late)  # fmt: skip

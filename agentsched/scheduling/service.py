@@ -31,7 +31,7 @@ from agentsched.errors import InvalidInput, InvalidSchedule, NotFound, TasksFile
 from agentsched.execution import Execution
 from agentsched.jobs.queue import TaskQueue, parse_execution_id, scheduled_execution_id
 from agentsched.jobs.runtime import Runtime
-from agentsched.registry import get_task, registered
+from agentsched.registry import TaskDef, get_task, registered
 from agentsched.scheduling.rules import (
     FirePlan,
     ScheduleSpec,
@@ -103,7 +103,7 @@ class Scheduler:
         if source not in ("api", "yaml"):
             raise InvalidInput("source", "must be 'api' or 'yaml'")
         spec = parse_spec(spec)
-        get_task(spec.function)
+        get_task(spec.function).check_arguments(spec.args, spec.kwargs)
         schedule = _new_schedule(self.app, spec, source, _now())
         await self.store.insert(schedule)
         return schedule
@@ -149,7 +149,7 @@ class Scheduler:
             else:
                 merged[key] = value
         spec = parse_spec(merged)
-        get_task(spec.function)
+        get_task(spec.function).check_arguments(spec.args, spec.kwargs)
         values = _changes(current, spec, _now())
         if values and not await self.store.update(self.app, current.id, values):
             raise NotFound("schedule", schedule_id)
@@ -249,14 +249,33 @@ def _plan(schedule: Schedule, now: dt.datetime) -> FirePlan:
         return FirePlan(runs=[], next_run_at=None, missed=0)
 
 
-def _runnable(schedule: Schedule, plan: FirePlan, busy: bool, known: bool) -> list[dt.datetime]:
+def _unrunnable(schedule: Schedule, definition: TaskDef | None) -> str | None:
+    """Why this worker cannot run the schedule's function with its arguments, if it cannot."""
+    if definition is None:
+        return f"function {schedule.function} is not registered in this worker"
+    try:
+        definition.check_arguments(schedule.args, schedule.kwargs)
+    except InvalidInput as exc:  # the function's signature changed since the schedule was saved
+        return f"its arguments no longer fit the function: {exc.message}"
+    return None
+
+
+def _runnable(
+    schedule: Schedule, plan: FirePlan, busy: bool, definition: TaskDef | None
+) -> list[dt.datetime]:
     """The fire times of a plan to enqueue, after the overlap policy; logs what it drops."""
+    # One line per decision, at INFO or above, so the worker log explains every gap.
     if plan.missed:
-        log.warning("schedule %s: %d missed fire time(s) not run (misfire_policy=%s)",
-                    schedule.name, plan.missed, schedule.misfire_policy)  # fmt: skip
-    if plan.runs and not known:
-        log.warning("schedule %s: function %s is not registered in this worker; skipped %d "
-                    "fire time(s)", schedule.name, schedule.function, len(plan.runs))  # fmt: skip
+        log.warning("schedule %s: %s%d missed fire time(s) not run (misfire_policy=%s)",
+                    schedule.name, "" if plan.exact else "at least ", plan.missed,
+                    schedule.misfire_policy)  # fmt: skip
+    if plan.caught_up:
+        log.info("schedule %s: catching up %d missed fire time(s), the oldest due %s "
+                 "(misfire_policy=%s)", schedule.name, plan.caught_up,
+                 plan.runs[0].isoformat(), schedule.misfire_policy)  # fmt: skip
+    if plan.runs and (why := _unrunnable(schedule, definition)):
+        log.warning("schedule %s: %s; skipped %d fire time(s)", schedule.name, why,
+                    len(plan.runs))  # fmt: skip
         return []
     if plan.runs and busy:
         log.info("schedule %s: previous run still queued or running; skipped %d fire time(s) "
@@ -384,11 +403,13 @@ class SchedulerService:
         known = registered()
         advances, jobs = [], []
         for schedule, plan in plans:
-            runs = _runnable(schedule, plan, schedule.id in busy, schedule.function in known)
+            runs = _runnable(schedule, plan, schedule.id in busy, known.get(schedule.function))
             jobs += [(schedule, fire) for fire in runs]
             last = runs[-1] if runs else None
             skipped = len(plan.runs) - len(runs)
-            advances.append(Advance(schedule.id, _due(schedule), plan.next_run_at, last, skipped))
+            # skipped_runs counts both overlap skips and misfires dropped by the policy.
+            advances.append(Advance(schedule.id, _due(schedule), plan.next_run_at, last,
+                                    skipped + plan.missed))  # fmt: skip
             stats.overlap_skipped += skipped
             stats.missed += plan.missed
         # Enqueue before advancing: a failure rolls the claim back and the retry

@@ -124,7 +124,7 @@ def _task(
     try:
         spec = parse_spec(entry)
         if check_functions:
-            get_task(spec.function)
+            get_task(spec.function).check_arguments(spec.args, spec.kwargs)
     except InvalidInput as exc:
         field = exc.field.split(".")[0]
         line = _key_line(node, field)

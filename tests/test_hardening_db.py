@@ -1,0 +1,61 @@
+"""What goes into the database comes out: JSON numbers on PostgreSQL, metadata on SQLite."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from agentsched.jobs.runtime import Runtime
+from agentsched.settings import Settings
+from tests.test_api_support import build_app, eventually, serve
+
+BIG = {"x": 1e300, "y": -1.7976931348623157e308, "z": 123456789.25, "n": 2**63 - 1}
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(build_app("create_app", settings)) as c:
+        yield c
+
+
+@pytest.mark.parametrize("db_url", ["postgres", "sqlite"], indirect=True)
+async def test_json_numbers_round_trip_through_the_database(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    created = await client.post(
+        "/tasks", json={"name": "big", "function": "tests.noop", "interval": 60, "kwargs": BIG}
+    )
+    assert created.status_code == 201, created.text
+    task_id = created.json()["id"]
+    read = await client.get(f"/tasks/{task_id}")
+    assert read.json()["kwargs"] == BIG
+    for action in ("disable", "enable"):
+        response = await client.post(f"/tasks/{task_id}/{action}")
+        assert response.status_code == 200, response.text
+    run = await client.post(f"/tasks/{task_id}/run")
+    assert run.status_code == 202, run.text
+    # The execution's row (written by the recorder) reads back the same numbers too.
+    async with Runtime(settings) as runtime:
+        row = await eventually(
+            lambda: runtime.executions.get(settings.app, run.json()["id"]),
+            lambda found: found is not None,
+        )
+    assert row is not None and row.kwargs == BIG
+
+
+@pytest.mark.parametrize("db_url", ["postgres", "sqlite"], indirect=True)
+async def test_metadata_is_kept_in_sql(client: httpx.AsyncClient, settings: Settings) -> None:
+    created = await client.post(
+        "/executions", json={"function": "tests.noop", "metadata": {"by": "support-bot", "n": 2}}
+    )
+    assert created.status_code == 202, created.text
+    ident = created.json()["id"]
+    listed = await eventually(
+        lambda: client.get("/executions"), lambda r: r.json()["total"] == 1
+    )
+    assert listed.json()["items"][0]["metadata"] == {"by": "support-bot", "n": 2}
+    async with Runtime(settings) as runtime:
+        row = await runtime.executions.get(settings.app, ident)
+    assert row is not None and row.metadata == {"by": "support-bot", "n": 2}

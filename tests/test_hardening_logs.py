@@ -1,0 +1,116 @@
+"""What the scheduler and the worker log: exact missed counts, one INFO line per
+scheduler decision in a plain `arq` worker's output, and never an argument value."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+from agentsched.jobs.queue import TaskQueue
+from agentsched.jobs.runtime import Runtime
+from agentsched.logs import redact_arguments
+from agentsched.registry import import_task_modules
+from agentsched.scheduling.rules import MAX_COUNTED, parse_spec, plan_fires
+from agentsched.scheduling.service import Scheduler, SchedulerService
+from agentsched.settings import Settings
+from tests.conftest import subprocess_env
+
+UTC = dt.UTC
+DUE = dt.datetime(2027, 1, 4, 9, 0, tzinfo=UTC)
+
+
+def every_minute(**fields: Any) -> Any:
+    return parse_spec({"name": "s", "function": "tests.noop", "cron": "* * * * *", **fields})
+
+
+def test_missed_count_is_exact_beyond_max_catchup() -> None:
+    # Three hours down: 181 fire times are due, one runs (run_once), 180 are missed.
+    plan = plan_fires(every_minute(), DUE, DUE + dt.timedelta(hours=3, seconds=30))
+    assert (len(plan.runs), plan.missed, plan.exact) == (1, 180, True)
+    assert plan.caught_up == 1
+    plan = plan_fires(every_minute(misfire_policy="run_all", max_catchup=5), DUE,
+                      DUE + dt.timedelta(minutes=59, seconds=30))  # fmt: skip
+    assert (len(plan.runs), plan.missed, plan.exact) == (5, 55, True)
+
+
+def test_a_very_long_downtime_is_named_a_lower_bound() -> None:
+    plan = plan_fires(every_minute(), DUE, DUE + dt.timedelta(days=30))
+    assert plan.exact is False and plan.missed == MAX_COUNTED - 1
+
+
+async def test_the_tick_logs_exact_counts_and_its_catch_up(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import_task_modules(settings.task_modules)
+    from agentsched.scheduling import service as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "_now", lambda: DUE - dt.timedelta(seconds=30))
+    caplog.set_level(logging.INFO, "agentsched.scheduler")
+    async with Runtime(settings) as runtime:
+        scheduler = Scheduler(runtime)
+        created = await scheduler.create({"name": "minutely", "function": "tests.noop",
+                                          "cron": "* * * * *"})  # fmt: skip
+        assert created.next_run_at == DUE
+        stats = await SchedulerService(runtime).tick(DUE + dt.timedelta(hours=3, seconds=30))
+        assert stats.enqueued == 1 and stats.missed == 180
+        assert (await scheduler.get(created.id)).skipped_runs == 180
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("minutely: 180 missed fire time(s) not run" in line for line in lines), lines
+    assert any("minutely: catching up 1 missed fire time(s)" in line for line in lines), lines
+
+
+PROBE = textwrap.dedent("""
+    import logging, logging.config
+    from arq.logs import default_log_config
+    from agentsched.worker import worker_settings_for_cli
+
+    worker_settings_for_cli()  # what `arq agentsched.WorkerSettings` imports
+    logging.config.dictConfig(default_log_config(False))  # what arq's CLI does next
+    logging.getLogger("agentsched.scheduler").info("schedule s: overlap skip (probe)")
+    logging.getLogger("arq.worker").info(
+        "%6.2fs → %s(%s)%s", 0.01, "abc:sec.echo", "1, api_key='sk-SECRET', password='hunter2'",
+        "")
+""")
+
+
+def test_a_plain_arq_worker_shows_scheduler_info_lines_and_no_argument_values(
+    settings: Settings,
+) -> None:
+    env = subprocess_env(settings, AGENTSCHED_LOG_LEVEL="INFO")
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "INFO    agentsched.scheduler: schedule s: overlap skip (probe)" in done.stderr
+    assert "abc:sec.echo(…, api_key=…, password=…)" in done.stderr
+    assert "SECRET" not in done.stderr and "hunter2" not in done.stderr
+
+
+def test_redaction_keeps_names_only() -> None:
+    assert redact_arguments("") == ""
+    assert redact_arguments("1, 'x'") == "…"
+    assert redact_arguments("api_key='sk-1', n=3") == "api_key=…, n=…"
+    assert redact_arguments("'a, b=c', token='t'") == "…, b=…, token=…"  # never a value
+
+
+async def test_a_debug_worker_never_logs_keyword_values(
+    settings: Settings, run_worker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # An earlier in-process worker at INFO raised arq.worker to WARNING for this process.
+    caplog.set_level(logging.DEBUG, "arq.worker")
+    await run_worker(log_level="DEBUG")
+    async with TaskQueue(settings) as queue:
+        secrets = {"api_key": "sk-live-123", "password": "hunter2"}
+        execution = await queue.enqueue("tests.noop", args=["p0sitional"], kwargs=secrets)
+        await asyncio.wait_for(queue.get_result(execution.id, timeout=10), 15)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"{execution.id}:tests.noop(…, api_key=…, password=…)" in text
+    for secret in ("sk-live-123", "hunter2", "p0sitional"):
+        assert secret not in text
