@@ -19,6 +19,7 @@ import os
 import random
 import socket
 import sys
+import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,7 @@ from agentsched.jobs.retention import run_retention
 from agentsched.jobs.runtime import Runtime
 from agentsched.jobs.tracker import Encoded, Tracker
 from agentsched.keys import Keys
+from agentsched.observability import MetricsServer, logs, metrics, observe_process, tracing
 from agentsched.registry import TaskDef, import_task_modules, registered
 from agentsched.scheduling.service import SchedulerService, load_tasks_files
 from agentsched.scheduling.tasks_file import parse_tasks_file
@@ -71,6 +73,7 @@ class JobRunner:
         self._pending: set[asyncio.Task[Any]] = set()
         self._recorder: Recorder | None = None
         self._scheduler: SchedulerService | None = None
+        self._metrics: MetricsServer | None = None
         self.rides = StatusRides()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -80,6 +83,7 @@ class JobRunner:
             # costs more than the job. agentsched logs failures and retries itself.
             logging.getLogger("arq.worker").setLevel(logging.WARNING)
         self.runtime = await Runtime(self.settings).open()
+        self._metrics = observe_process(self.settings, self.runtime.redis)
         self.tracker = self.runtime.tracker()
         await self.tracker.load_scripts()
         await self.tracker.redis.script_load(CLAIM)
@@ -129,6 +133,8 @@ class JobRunner:
                 await self.tracker.redis.zrem(self.tracker.keys.workers, self.worker_id)
         if self._recorder is not None:
             await self._recorder.stop()
+        if self._metrics is not None:
+            self._metrics.stop()
         if self.runtime is not None:
             await self.runtime.close()
 
@@ -187,6 +193,10 @@ class JobRunner:
         if status != "running":
             return None  # cancelled (or already finished) before it started
         self.running.add(job_id)
+        app, began = self.settings.app, time.perf_counter()
+        metrics.picked_up(app, time.time() - ctx["score"] / 1000)
+        span = tracing.RunSpan(definition.name, app, job_id, attempt)
+        bound = logs.bind(job_id, definition.name, attempt)
         timeout = task_timeout(definition, self.settings)
         tracker, worker = self.tracker, self.worker_id
         reporter = progress_reports.Reporter(
@@ -202,11 +212,13 @@ class JobRunner:
                     result = await asyncio.to_thread(definition.func, *args, **kwargs)
             encoded = Encoded(dumps_str(result))
             await reporter.close()  # still in `running`: its lease stays renewed
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             reporter.cancel()
-            await self._interrupted(job_id, attempt)
+            span.end("cancelled", exc)
+            await self._interrupted(job_id, attempt, definition.name)
             raise
         except Exception as exc:
+            span.end("failed", exc)
             await reporter.close()
             if isinstance(exc, TimeoutError) and deadline.expired():
                 kind, error = (
@@ -219,10 +231,14 @@ class JobRunner:
         finally:
             progress_reports.current.reset(token)
             self.running.discard(job_id)
+            metrics.attempt_ran(app, definition.name, time.perf_counter() - began)
+            logs.unbind(bound)
         # Rides in arq's finish transaction of this job, right after we return.
         self.rides.finishes[job_id] = self.tracker.finish_command(
             job_id, "success", result=encoded, worker=self.worker_id
         )
+        span.end("success")
+        metrics.finished(app, definition.name, "success")
         return None
 
     async def _failed(
@@ -250,6 +266,7 @@ class JobRunner:
             )
             # A finish that finds the execution cancelled meanwhile changes nothing, and
             # the re-run's start script sees it cancelled and does not run it.
+            metrics.retried(self.settings.app, definition.name)
             raise Retry(defer=delay)
         log.warning(
             "%s %s failed (%s) after %d attempt(s): %s",
@@ -262,9 +279,10 @@ class JobRunner:
         self.rides.finishes[job_id] = self.tracker.finish_command(
             job_id, "failed", error=error, error_kind=kind.value, worker=self.worker_id
         )
+        metrics.finished(self.settings.app, definition.name, "failed", kind.value)
         return None
 
-    async def _interrupted(self, job_id: str, attempt: int) -> None:
+    async def _interrupted(self, job_id: str, attempt: int, function: str = "") -> None:
         """The coroutine was cancelled: by a user's cancel, or by a worker shutdown.
 
         Never raises: the caller re-raises the CancelledError, which arq relies on.
@@ -276,6 +294,7 @@ class JobRunner:
             requested = await tracker.redis.hget(key, "cancel_requested")  # type: ignore[misc]
             if requested == b"1":
                 ending = tracker.finish(job_id, "cancelled", worker=self.worker_id)
+                metrics.finished(self.settings.app, function or "<unknown>", "cancelled")
             else:
                 # arq re-runs a job cancelled by a shutdown; record it as queued again.
                 ending = tracker.finish(
@@ -327,6 +346,8 @@ class JobRunner:
                 kind = ErrorKind.WORKER_LOST
         function = data.get("f") if isinstance(data.get("f"), str) else "<unknown>"
         log.warning("job %s (%s) ended by the worker: %s", data["id"], function, kind.value)
+        label = str(function) if function in registered() else "<unknown>"  # bounded labels
+        metrics.finished(self.settings.app, label, status, kind.value)
         try:
             await self.tracker.fail_outside(
                 str(data["id"]),
@@ -348,6 +369,7 @@ class JobRunner:
         data = loads(payload)
         if not isinstance(data, dict):
             raise ValueError("job payload must be a JSON object")
+        tracing.take_context(data)
         return data
 
 

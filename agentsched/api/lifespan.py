@@ -32,6 +32,7 @@ from agentsched.errors import AgentschedError
 from agentsched.jobs.queue import TaskQueue
 from agentsched.jobs.recorder import Recorder
 from agentsched.jobs.runtime import Runtime
+from agentsched.observability import observe_process
 from agentsched.registry import import_task_modules
 from agentsched.scheduling.service import Scheduler, load_tasks_files
 from agentsched.settings import Settings, get_settings
@@ -62,6 +63,7 @@ async def agentsched_context(
         log.error("agentsched: %s", exc)
         raise
     recorder: Recorder | None = None
+    observed = observe_process(settings, runtime.redis)  # metrics port, log format, tracing
     try:
         files = list(settings.tasks_file if tasks_files is None else tasks_files)
         if files:
@@ -89,6 +91,7 @@ async def agentsched_context(
         log.error("agentsched: %s", exc)
         raise
     finally:
+        observed.stop()
         if recorder is not None:
             await recorder.stop()
         await runtime.close()

@@ -51,6 +51,7 @@ from agentsched.events.message import (
     to_str,
 )
 from agentsched.keys import Keys
+from agentsched.observability import metrics, tracing
 from agentsched.settings import Settings, get_settings, mask_url
 
 __all__ = ["DeadLetter", "EventBus", "Subscription"]
@@ -258,12 +259,17 @@ class EventBus:
         limit = self.settings.event_max_payload
         if len(data) > limit and (size := len(orjson.dumps(payload))) > limit:
             raise InvalidEvent("payload", f"is {size} bytes as JSON, over the limit of {limit}")
+        span, tp = tracing.start_publish(event_type, self.agent)  # (None, None): no tracing
         try:  # XADD spelled out: redis-py's xadd() costs a few microseconds more per call
             sid = await self._client().execute_command(  # type: ignore[no-untyped-call]
-                "XADD", self.stream, "MAXLEN", "~", self.settings.event_maxlen, "*", "data", data
-            )
+                "XADD", self.stream, "MAXLEN", "~", self.settings.event_maxlen, "*", "data", data,
+                *(("tp", tp) if tp else ()),
+            )  # fmt: skip
         except TRANSIENT as exc:
+            tracing.end(span, exc)
             raise self._unavailable(exc) from None
+        tracing.end(span)
+        metrics.event_published(self.agent, event_type)
         return EventMessage.trusted(values, to_str(sid))
 
     def subscribe(self, *patterns: str, group: str | None = None) -> Subscription:

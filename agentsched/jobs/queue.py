@@ -29,6 +29,7 @@ from agentsched.errors import (
 from agentsched.execution import Execution
 from agentsched.jobs.runtime import Runtime
 from agentsched.jobs.tracker import Tracker
+from agentsched.observability import metrics, tracing
 from agentsched.registry import get_task, import_task_modules
 from agentsched.serialization import check_json
 from agentsched.settings import Settings, get_settings
@@ -162,6 +163,7 @@ class TaskQueue:
             not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
         ):
             raise InvalidInput("idempotency_key", "must be a string of 1 to 200 characters")
+        span = tracing.start_enqueue(definition.name, self.app, m)  # adds the trace context
         now = time.time()
         execution = Execution(
             id=scheduled_execution_id(task_id, scheduled_for)
@@ -179,13 +181,19 @@ class TaskQueue:
             enqueued_at=dt.datetime.fromtimestamp(now, dt.UTC),
         )
         score = int((now + seconds) * 1000)
-        created, ident = await self.tracker.enqueue(
-            execution,
-            score_ms=score,
-            job_ttl_ms=int(seconds * 1000) + expires_extra_ms,
-            idempotency_key=idempotency_key,
-        )
+        try:
+            created, ident = await self.tracker.enqueue(
+                execution,
+                score_ms=score,
+                job_ttl_ms=int(seconds * 1000) + expires_extra_ms,
+                idempotency_key=idempotency_key,
+            )
+        except BaseException as exc:
+            tracing.end(span, exc)
+            raise
+        tracing.end(span, execution_id=execution.id if created else ident)
         if created:
+            metrics.enqueued(self.app, definition.name)
             return execution
         return await self.get_execution(ident)
 
@@ -246,6 +254,8 @@ class TaskQueue:
                 if current is None or current.is_terminal:
                     return current is not None and current.status is TaskStatus.CANCELLED
             outcome = await self.tracker.cancel(execution.id, force=True)
+        if outcome == "cancelled":  # ended here; a worker that stops it counts its own
+            metrics.finished(self.app, execution.function, "cancelled")
         return outcome == "cancelled"
 
     async def list_executions(self, **filters: Any) -> tuple[list[Execution], int]:

@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 
 from agentsched.db.executions import ExecutionStore
 from agentsched.execution import snapshot_row
+from agentsched.observability import metrics
 from agentsched.serialization import loads
 
 log = logging.getLogger("agentsched.recorder")
@@ -84,6 +85,7 @@ class Recorder:
                 log.warning("dropping malformed execution snapshot: %r", exc)
         if rows:
             await self.store.upsert_many(rows)
+            metrics.recorder_rows(row["app"] for row in rows)
         ids = [entry_id for entry_id, _ in entries]
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xack(self.stream, GROUP, *ids)
