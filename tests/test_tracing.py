@@ -1,0 +1,159 @@
+"""OpenTelemetry: one trace from POST /executions through enqueue to the worker's runs.
+
+The API runs in this process with FastAPI's instrumentation; the worker is a real
+`arq agentsched.WorkerSettings` subprocess whose task modules include
+`tests.otel_worker` (an SDK provider with the in-memory exporter, dumped at exit).
+Both sides use the SDK's in-memory exporter; the context crosses through Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from agentsched.api import create_app
+from agentsched.settings import Settings
+from tests.conftest import subprocess_env
+from tests.test_api_support import eventually, serve
+from tests.test_worker_process import ROOT, start_worker, stop
+
+ADD = "tests.sample_tasks.add"
+
+
+@pytest.fixture(scope="module")
+def exporter() -> Iterator[InMemorySpanExporter]:
+    """The in-memory exporter of this process's provider (set once: OTel allows one)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    yield memory
+    memory.shutdown()  # later spans of this process are dropped, not kept
+
+
+def hexid(value: int) -> str:
+    return f"0x{value:016x}" if value < 2**64 else f"0x{value:032x}"
+
+
+async def finished(client: httpx.AsyncClient, ident: str) -> dict[str, Any]:
+    async def get() -> dict[str, Any]:
+        return dict((await client.get(f"/executions/{ident}")).json())
+
+    return await eventually(get, lambda e: e["status"] in {"success", "failed"}, timeout=20)
+
+
+async def test_one_trace_from_request_to_worker_runs(
+    settings: Settings, exporter: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    spans_file = tmp_path / "worker-spans.json"
+    worker = start_worker(
+        settings,
+        AGENTSCHED_TASK_MODULES="tests.sample_tasks,tests.otel_worker",
+        OTEL_TEST_SPANS_FILE=str(spans_file),
+    )
+    try:
+        app = create_app(settings, tasks_files=[])
+        FastAPIInstrumentor.instrument_app(app)
+        async with serve(app) as client:
+            posted = {}
+            for function, body in [
+                (ADD, {"args": [1, 2]}),
+                ("tests.boom", {"kwargs": {"message": "no luck"}}),
+                ("tests.flaky", {"args": [str(tmp_path / "flaky"), 1]}),
+            ]:
+                response = await client.post("/executions", json={"function": function, **body})
+                assert response.status_code == 202, response.text
+                posted[function] = response.json()
+            ends = {f: await finished(client, e["id"]) for f, e in posted.items()}
+    finally:
+        output = stop(worker)
+    assert [e["status"] for e in ends.values()] == ["success", "failed", "success"], output
+    assert spans_file.is_file(), output
+    local = exporter.get_finished_spans()
+    remote = json.loads(spans_file.read_text())
+
+    for function, execution in posted.items():
+        enqueue = next(
+            s
+            for s in local
+            if s.name == f"agentsched.enqueue {function}"
+            and s.attributes is not None
+            and s.attributes["agentsched.execution_id"] == execution["id"]
+        )
+        request = next(s for s in local if s.context.span_id == enqueue.parent.span_id)  # type: ignore[union-attr]
+        assert request.kind is trace.SpanKind.SERVER
+        assert request.name == "POST /api/scheduler/executions"
+        trace_id = hexid(enqueue.context.trace_id)
+        assert ends[function]["metadata"]["traceparent"].split("-")[1] == trace_id[2:]
+        runs = sorted(
+            (s for s in remote if s["name"] == f"agentsched.run {function}"),
+            key=lambda s: s["attributes"]["agentsched.attempt"],
+        )
+        assert runs, f"no run span of {function}: {[s['name'] for s in remote]}"
+        for attempt, run in enumerate(runs, 1):
+            assert run["context"]["trace_id"] == trace_id
+            assert run["parent_id"] == hexid(enqueue.context.span_id)
+            assert run["attributes"]["agentsched.execution_id"] == execution["id"]
+            assert run["attributes"]["agentsched.app"] == settings.app
+            assert run["attributes"]["agentsched.function"] == function
+            assert run["attributes"]["agentsched.attempt"] == attempt
+
+    by_function = {f: [s for s in remote if s["name"] == f"agentsched.run {f}"] for f in posted}
+    assert [s["attributes"]["agentsched.status"] for s in by_function[ADD]] == ["success"]
+    [boom] = by_function["tests.boom"]
+    assert boom["attributes"]["agentsched.status"] == "failed"
+    assert boom["status"]["status_code"] == "ERROR"
+    assert [e["attributes"]["exception.type"] for e in boom["events"]] == ["ValueError"]
+    flaky = sorted(s["attributes"]["agentsched.attempt"] for s in by_function["tests.flaky"])
+    assert flaky == [1, 2]
+    statuses = [s["attributes"]["agentsched.status"] for s in by_function["tests.flaky"]]
+    assert sorted(statuses) == ["failed", "success"]
+
+
+def test_without_the_sdk_agentsched_imports_no_opentelemetry(settings: Settings) -> None:
+    """Enqueue and run a job with the SDK absent: not one opentelemetry module loaded."""
+    script = """
+import asyncio, sys
+sys.modules["opentelemetry.sdk"] = None          # as if agentsched[otel] were not installed
+from arq.worker import create_worker
+from agentsched import TaskQueue
+from agentsched.worker import build_worker_settings
+from agentsched.settings import get_settings
+
+async def main():
+    async with TaskQueue() as queue:
+        execution = await queue.enqueue("tests.sample_tasks.add", args=[2, 3])
+    worker = create_worker(build_worker_settings(get_settings()), burst=True,
+                           handle_signals=False)
+    await worker.async_run()
+    await worker.close()
+    async with TaskQueue() as queue:
+        assert await queue.get_result(execution.id, timeout=5) == 5
+    print(sorted(m for m, mod in sys.modules.items() if mod and m.startswith("opentelemetry")))
+
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=subprocess_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
