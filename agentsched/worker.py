@@ -195,7 +195,7 @@ class JobRunner:
         self.running.add(job_id)
         app, began = self.settings.app, time.perf_counter()
         metrics.picked_up(app, time.time() - ctx["score"] / 1000)
-        span = tracing.RunSpan(definition.name, app, job_id, attempt)
+        span = tracing.run_span(definition.name, app, job_id, attempt)
         bound = logs.bind(job_id, definition.name, attempt)
         timeout = task_timeout(definition, self.settings)
         tracker, worker = self.tracker, self.worker_id

@@ -8,6 +8,8 @@ Both sides use the SDK's in-memory exporter; the context crosses through Redis.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -22,7 +24,9 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from redis.exceptions import ResponseError
 
+from agentsched import EventBus, EventMessage
 from agentsched.api import create_app
 from agentsched.settings import Settings
 from tests.conftest import subprocess_env
@@ -157,3 +161,49 @@ asyncio.run(main())
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+async def test_a_handled_event_is_a_child_of_its_publish(
+    settings: Settings, exporter: InMemorySpanExporter
+) -> None:
+    seen: list[str | None] = []
+    async with (
+        EventBus("tr-sender", settings=settings) as sender,
+        EventBus("tr-receiver", settings=settings) as receiver,
+    ):
+
+        @receiver.on("scraper.*")
+        async def handler(event: EventMessage) -> None:
+            inner = trace.get_current_span().get_span_context()
+            seen.append(f"{inner.span_id:016x}")
+
+        await receiver.start()
+
+        async def group_ready() -> bool:
+            with contextlib.suppress(ResponseError):
+                groups = await receiver._client().xinfo_groups(receiver.stream)
+                return any(g["name"] == b"tr-receiver" for g in groups)
+            return False
+
+        await eventually(group_ready, bool)
+        published = await sender.publish("scraper.page_fetched", {"url": "u"})
+        await eventually(lambda: asyncio.sleep(0, len(seen)), lambda n: n == 1)
+    spans = exporter.get_finished_spans()
+    [publish] = [
+        s
+        for s in spans
+        if s.name == "agentsched.publish scraper.page_fetched"
+        and s.attributes is not None
+        and s.attributes["agentsched.app"] == "tr-sender"
+    ]
+    [handle] = [
+        s
+        for s in spans
+        if s.name == "agentsched.handle scraper.page_fetched"
+        and s.parent
+        and s.parent.span_id == publish.context.span_id
+    ]
+    assert handle.context.trace_id == publish.context.trace_id
+    assert handle.attributes is not None and handle.attributes["agentsched.status"] == "success"
+    assert seen == [f"{handle.context.span_id:016x}"]  # the callback ran inside it
+    assert published.stream_id is not None

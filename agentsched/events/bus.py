@@ -327,7 +327,8 @@ class EventBus:
             await reader.close()
 
     async def _dispatch(self, event: EventMessage) -> bool:
-        ok = True
+        failure: Exception | None = None
+        span = tracing.handle_span(event.event_type, self.agent, event._traceparent)
         for match, handler, is_async in self._callbacks:
             if not match(event.event_type):
                 continue
@@ -338,7 +339,6 @@ class EventBus:
                 if inspect.isawaitable(result):
                     await result
             except Exception as exc:
-                ok = False
                 log.warning(
                     "event bus: handler %s failed on %s %s (%r); left for redelivery",
                     getattr(handler, "__qualname__", handler),
@@ -346,7 +346,9 @@ class EventBus:
                     event.stream_id,
                     exc,
                 )
-        return ok
+                failure = failure or exc
+        span.end("failed" if failure else "success", failure)
+        return failure is None
 
     def tail(self, *patterns: str, from_id: str = "$") -> AsyncIterator[EventMessage]:
         """Follow the stream without a group: from now (``$``), the start (``0``) or after

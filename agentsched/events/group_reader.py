@@ -204,6 +204,8 @@ class GroupReader:
                 event.event_type
             ):
                 event._stream_id = sid
+                if tp := fields.get(b"tp"):
+                    event._traceparent = to_str(tp)
                 self._buf.append((sid, event))
                 delivered += 1
             else:

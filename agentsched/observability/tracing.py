@@ -115,31 +115,21 @@ def take_context(data: dict[str, Any]) -> None:
     incoming.set(carrier if isinstance(carrier, dict) else None)
 
 
-# --- a run attempt ----------------------------------------------------------------------
-class RunSpan:
-    """`agentsched.run <function>` around one attempt, current while the task runs."""
+# --- spans made current: a run attempt, a handled event --------------------------------
+class Current:
+    """A span that is the current one (so the user's own spans nest) until `end`."""
 
     __slots__ = ("span", "token")
 
-    def __init__(self, function: str, app: str, execution_id: str, attempt: int) -> None:
+    def __init__(self, name: str, carrier: Mapping[str, str] | None, attributes: Any) -> None:
         self.span: Any = None
         self.token: Token[Any] | None = None
         tracer = _tracer()
         if tracer is None:
             return
-        carrier = incoming.get()
         parent = _otel.propagate.extract(carrier) if carrier else None
-        self.span = tracer.start_span(
-            f"agentsched.run {function}",
-            context=parent,
-            kind=_otel.kind.CONSUMER,
-            attributes={
-                "agentsched.app": app,
-                "agentsched.function": function,
-                "agentsched.execution_id": execution_id,
-                "agentsched.attempt": attempt,
-            },
-        )
+        kind = _otel.kind.CONSUMER
+        self.span = tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
         self.token = _otel.context.attach(_otel.trace.set_span_in_context(self.span))
 
     def end(self, status: str, exc: BaseException | None = None) -> None:
@@ -152,7 +142,29 @@ class RunSpan:
         self.span = None
 
 
-# --- events -------------------------------------------------------------------------------
+def run_span(function: str, app: str, execution_id: str, attempt: int) -> Current:
+    """`agentsched.run <function>` around one attempt, a child of its enqueue span."""
+    if _otel is False:
+        return _OFF
+    attributes = {
+        "agentsched.app": app,
+        "agentsched.function": function,
+        "agentsched.execution_id": execution_id,
+        "agentsched.attempt": attempt,
+    }
+    return Current(f"agentsched.run {function}", incoming.get(), attributes)
+
+
+def handle_span(event_type: str, agent: str, traceparent: str | None) -> Current:
+    """`agentsched.handle <type>` around an event's callbacks, a child of its publish span."""
+    if _otel is False:
+        return _OFF
+    carrier = {"traceparent": traceparent} if traceparent else None
+    attributes = {"agentsched.app": agent, "agentsched.event_type": event_type}
+    return Current(f"agentsched.handle {event_type}", carrier, attributes)
+
+
+# --- publishing an event ------------------------------------------------------------------
 def start_publish(event_type: str, agent: str) -> tuple[Any, str | None]:
     """Start `agentsched.publish <type>`; (span, traceparent for the stream entry)."""
     tracer = _tracer()
@@ -168,15 +180,5 @@ def start_publish(event_type: str, agent: str) -> tuple[Any, str | None]:
     return span, carrier.get("traceparent")
 
 
-def start_handle(event_type: str, agent: str, traceparent: str | None) -> Any:
-    """Start `agentsched.handle <type>`, a child of the publisher's span when known."""
-    tracer = _tracer()
-    if tracer is None:
-        return None
-    parent = _otel.propagate.extract({"traceparent": traceparent}) if traceparent else None
-    return tracer.start_span(
-        f"agentsched.handle {event_type}",
-        context=parent,
-        kind=_otel.kind.CONSUMER,
-        attributes={"agentsched.app": agent, "agentsched.event_type": event_type},
-    )
+_OFF = Current.__new__(Current)  # tracing off: one shared span-less object, nothing allocated
+_OFF.span = _OFF.token = None
