@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
+from prometheus_client import disable_created_metrics
 
 from agentsched.keys import Keys
 from agentsched.observability import logs, metrics, tracing
@@ -31,6 +32,9 @@ def observe_process(settings: Settings, redis: aioredis.Redis) -> MetricsServer:
     spans per `AGENTSCHED_TRACING` and formats logs per `AGENTSCHED_LOG_FORMAT`.
     Call `stop()` on the result at shutdown.
     """
+    # `_created` samples double every counter's lines in the text format, and Prometheus
+    # does not use them there: off for the whole process (prometheus-client's switch).
+    disable_created_metrics()
     metrics.configure(settings.metrics_enabled)
     tracing.configure(settings.tracing)
     logs.install(settings.log_format, settings.app)

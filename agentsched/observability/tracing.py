@@ -42,12 +42,18 @@ class _Api:
         self.unset = (NoOpTracerProvider, ProxyTracerProvider)
         self.error = StatusCode.ERROR
         self.kind = trace.SpanKind
+        self._provider: Any = None
+        self._tracer: Any = None
 
     def tracer(self) -> Any:
         provider = self.trace.get_tracer_provider()
+        if provider is self._provider:
+            return self._tracer
         if isinstance(provider, self.unset):
             return None  # nobody configured tracing: spans would be dropped anyway
-        return provider.get_tracer(TRACER_NAME)
+        # An SDK provider builds a new Tracer per get_tracer(): keep one per provider.
+        self._provider, self._tracer = provider, provider.get_tracer(TRACER_NAME)
+        return self._tracer
 
 
 def configure(enabled: bool) -> None:
