@@ -28,6 +28,9 @@ from redis.exceptions import ResponseError
 
 from agentsched import EventBus, EventMessage
 from agentsched.api import create_app
+from agentsched.jobs.queue import scheduled_execution_id
+from agentsched.jobs.runtime import Runtime
+from agentsched.scheduling.service import Scheduler, SchedulerService
 from agentsched.settings import Settings
 from tests.conftest import subprocess_env
 from tests.test_api_support import eventually, serve
@@ -207,3 +210,27 @@ async def test_a_handled_event_is_a_child_of_its_publish(
     assert handle.attributes is not None and handle.attributes["agentsched.status"] == "success"
     assert seen == [f"{handle.context.span_id:016x}"]  # the callback ran inside it
     assert published.stream_id is not None
+
+
+async def test_a_scheduled_run_starts_a_trace_of_its_own(
+    settings: Settings, exporter: InMemorySpanExporter
+) -> None:
+    async with Runtime(settings) as runtime:
+        scheduler = Scheduler(runtime)
+        s = await scheduler.create({"name": "traced", "function": "tests.noop", "interval": "60s"})
+        assert s.next_run_at is not None
+        tracer = trace.get_tracer("test")
+        with tracer.start_as_current_span("unrelated caller") as caller:
+            assert (await SchedulerService(runtime).tick(s.next_run_at)).enqueued == 1
+            manual = await scheduler.run_now(s.id)  # not scheduled: a child of the caller
+    ident = scheduled_execution_id(s.id, s.next_run_at)
+    spans = {
+        s.attributes["agentsched.execution_id"]: s
+        for s in exporter.get_finished_spans()
+        if s.name == "agentsched.enqueue tests.noop" and s.attributes
+    }
+    scheduled, by_hand = spans[ident], spans[manual.id]
+    assert scheduled.parent is None
+    assert scheduled.context.trace_id != caller.get_span_context().trace_id
+    assert by_hand.parent is not None
+    assert by_hand.parent.span_id == caller.get_span_context().span_id

@@ -163,7 +163,8 @@ class TaskQueue:
             not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
         ):
             raise InvalidInput("idempotency_key", "must be a string of 1 to 200 characters")
-        span = tracing.start_enqueue(definition.name, self.app, m)  # adds the trace context
+        # Adds the trace context to the metadata; a scheduled run starts a trace of its own.
+        span = tracing.start_enqueue(definition.name, self.app, m, root=scheduled_for is not None)
         now = time.time()
         execution = Execution(
             id=scheduled_execution_id(task_id, scheduled_for)

@@ -34,7 +34,7 @@ def observe_process(settings: Settings, redis: aioredis.Redis) -> MetricsServer:
     """
     # `_created` samples double every counter's lines in the text format, and Prometheus
     # does not use them there: off for the whole process (prometheus-client's switch).
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics.configure(settings.metrics_enabled)
     tracing.configure(settings.tracing)
     logs.install(settings.log_format, settings.app)

@@ -79,13 +79,18 @@ def available() -> bool:
 
 
 # --- enqueue ----------------------------------------------------------------------------
-def start_enqueue(function: str, app: str, metadata: dict[str, Any]) -> Any:
-    """Start `agentsched.enqueue <function>` and put its context into `metadata`."""
+def start_enqueue(function: str, app: str, metadata: dict[str, Any], *, root: bool = False) -> Any:
+    """Start `agentsched.enqueue <function>` and put its context into `metadata`.
+
+    The span is a child of the current span, or with `root` (a scheduled run) the
+    first span of a trace of its own, whatever the caller's context.
+    """
     tracer = _tracer()
     if tracer is None:
         return None
     span = tracer.start_span(
         f"agentsched.enqueue {function}",
+        context=_otel.context.Context() if root else None,
         kind=_otel.kind.PRODUCER,
         attributes={"agentsched.app": app, "agentsched.function": function},
     )
