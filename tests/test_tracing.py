@@ -24,12 +24,14 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util._once import Once
 from redis.exceptions import ResponseError
 
 from agentsched import EventBus, EventMessage
 from agentsched.api import create_app
 from agentsched.jobs.queue import scheduled_execution_id
 from agentsched.jobs.runtime import Runtime
+from agentsched.observability import tracing
 from agentsched.scheduling.service import Scheduler, SchedulerService
 from agentsched.settings import Settings
 from tests.conftest import subprocess_env
@@ -41,15 +43,23 @@ ADD = "tests.sample_tasks.add"
 
 @pytest.fixture(scope="module")
 def exporter() -> Iterator[InMemorySpanExporter]:
-    """The in-memory exporter of this process's provider (set once: OTel allows one)."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
+    """An SDK provider with the in-memory exporter for this module's tests only.
+
+    OTel lets a process set its provider once; like OTel's own test helpers
+    (`reset_trace_globals`), the teardown puts the global back, so later test modules
+    run untraced, as they would without a provider.
+    """
+    provider = TracerProvider()
     memory = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(memory))
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    trace.set_tracer_provider(provider)
     yield memory
-    memory.shutdown()  # later spans of this process are dropped, not kept
+    provider.shutdown()
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    assert not tracing.available()
 
 
 def hexid(value: int) -> str:
