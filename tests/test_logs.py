@@ -13,6 +13,7 @@ from agentsched import TaskQueue
 from agentsched.observability import logs
 from agentsched.settings import Settings
 from tests.conftest import subprocess_env
+from tests.test_api_support import eventually
 from tests.test_worker_process import ARQ, ROOT, stop
 
 
@@ -105,3 +106,27 @@ async def test_worker_writes_json_lines_without_argument_values(
     assert any(line["logger"] == "arq.worker" and "tests.sample_tasks.add(" in line["message"]
                for line in lines), output  # fmt: skip
     assert "424242" not in output and "171717" not in output and "secret-marker" not in output
+
+
+async def test_json_without_a_logging_config_covers_agentsched_lines(settings: Settings) -> None:
+    """Plain `arq agentsched.WorkerSettings` (arq's default logging) with JSON asked for."""
+    proc = subprocess.Popen(
+        ARQ,
+        cwd=ROOT,
+        env=subprocess_env(settings, AGENTSCHED_LOG_FORMAT="json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        async with TaskQueue(settings) as queue:
+            failed = await queue.enqueue("tests.boom")
+            await eventually(lambda: queue.get_status(failed.id), lambda s: s.value == "failed")
+    finally:
+        output = stop(proc)
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    ours = [line for line in lines if line["logger"] == "agentsched.worker"]
+    assert any(line.get("execution_id") == failed.id for line in ours), output
+    raw = [line for line in output.splitlines() if line.strip()]
+    first = next(i for i, line in enumerate(raw) if line.startswith("{"))
+    # Only arq's own lines before agentsched's start-up hook ran are plain text.
+    assert all(line.startswith("{") for line in raw[first:]), output

@@ -118,12 +118,19 @@ class HideArqArguments(logging.Filter):
 
 
 def install(log_format: str, app: str) -> None:
-    """Hide arq's argument values; with JSON, format every handler of root and arq with it."""
+    """Hide arq's argument values; with JSON, format every handler of root and arq with it.
+
+    A root logger without handlers (arq's default logging config) gets one on stderr,
+    so agentsched's own lines come out as JSON too.
+    """
     arq_worker = logging.getLogger("arq.worker")
     if not any(isinstance(f, HideArqArguments) for f in arq_worker.filters):
         arq_worker.addFilter(HideArqArguments())
     if log_format != "json":
         return
+    root = logging.getLogger()
+    if not root.handlers:  # arq's default config gives handlers to arq's loggers only
+        root.addHandler(logging.StreamHandler())
     for name in ("", "arq", "uvicorn", "uvicorn.error", "uvicorn.access"):
         for handler in logging.getLogger(name).handlers:
             current = handler.formatter
