@@ -24,13 +24,14 @@ from redis.exceptions import ResponseError
 
 from agentsched import EventBus, TaskQueue
 from agentsched.api import create_app
+from agentsched.errors import ConfigError
 from agentsched.jobs.recorder import Recorder
 from agentsched.jobs.runtime import Runtime
 from agentsched.keys import Keys
 from agentsched.observability import metrics
 from agentsched.observability.scrape import Source, read
 from agentsched.scheduling.service import Scheduler, SchedulerService
-from agentsched.settings import Settings
+from agentsched.settings import Settings, load_settings
 from tests.test_api_support import eventually, serve
 
 ADD = "tests.sample_tasks.add"
@@ -230,3 +231,24 @@ def test_counting_can_be_turned_off() -> None:
     assert sample("agentsched_executions_enqueued_total", app=app, function="f") is None
     assert sample(finished, app=app, function="f", status="failed", error_kind="exception") is None
     assert sample(finished, app=app, function="f", status="success", error_kind="") == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "raw"),
+    [
+        ("metrics_port", "abc"),
+        ("metrics_port", "70000"),
+        ("log_format", "xml"),
+        ("tracing", "maybe"),
+    ],
+)
+def test_bad_observability_settings_name_the_variable(field: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**{field: raw})
+    message = str(caught.value)
+    assert message.startswith(f"AGENTSCHED_{field.upper()}: ") and "\n" not in message
+
+
+def test_an_empty_metrics_port_is_off() -> None:
+    assert load_settings(metrics_port="").metrics_port is None
+    assert load_settings(metrics_port="9100").metrics_port == 9100
