@@ -23,6 +23,7 @@ import socket
 import statistics
 import sys
 import time
+import timeit
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,6 +136,7 @@ async def scrape_times(settings: Settings, names: list[str], scrapes: int) -> li
             series = sum(1 for line in first.text.splitlines() if not line.startswith("#"))
             assert 'function="bench.obs.f099"' in first.text
             render = []
+            cpu = time.process_time()
             for _ in range(scrapes):
                 start = time.perf_counter()
                 response = await client.get("/metrics")
@@ -143,7 +145,10 @@ async def scrape_times(settings: Settings, names: list[str], scrapes: int) -> li
                 start = time.perf_counter()
                 generate_latest(REGISTRY)  # the text alone, for reference
                 render.append((time.perf_counter() - start) * 1000)
+            cpu_ms = (time.process_time() - cpu) * 1000 / scrapes
             print(f"rendering alone (no HTTP, no Redis): p50 {statistics.median(render):.1f} ms")
+            # Wall time moves with the machine's load; CPU time much less.
+            print(f"process CPU per scrape (rendered twice, idle worker included): {cpu_ms:.1f} ms")
         print(f"{len(names)} functions registered and run, {series} samples per scrape")
         return times
     finally:
@@ -184,6 +189,9 @@ async def main(args: argparse.Namespace) -> int:
         "tracing": {"metrics_enabled": True, "tracing": True},
     }
     failures = 0
+    # How busy the shared machine is: about 12-15 ms when it is quiet.
+    reference = min(timeit.repeat("sum(range(10**6))", number=3, repeat=5)) / 3 * 1000
+    print(f"machine speed: sum(range(10**6)) takes {reference:.0f} ms")
     try:
         print(f"== queue throughput: {args.jobs} no-op jobs enqueued then drained, one worker")
         results: dict[str, list[float]] = {name: [] for name in configs}
