@@ -189,7 +189,7 @@ async def main(args: argparse.Namespace) -> int:
         "tracing": {"metrics_enabled": True, "tracing": True},
     }
     failures = 0
-    # How busy the shared machine is: about 12-15 ms when it is quiet.
+    # How busy the shared machine is: compare runs of this benchmark by this line too.
     reference = min(timeit.repeat("sum(range(10**6))", number=3, repeat=5)) / 3 * 1000
     print(f"machine speed: sum(range(10**6)) takes {reference:.0f} ms")
     try:
