@@ -141,11 +141,14 @@ async def test_one_trace_from_request_to_worker_runs(
     assert sorted(statuses) == ["failed", "success"]
 
 
-def test_without_the_sdk_agentsched_imports_no_opentelemetry(settings: Settings) -> None:
-    """Enqueue and run a job with the SDK absent: not one opentelemetry module loaded."""
-    script = """
+@pytest.mark.parametrize("absent", ["opentelemetry.sdk", "opentelemetry"])
+def test_without_the_sdk_agentsched_imports_no_opentelemetry(
+    settings: Settings, absent: str
+) -> None:
+    """Enqueue and run a job with the SDK (or all of OTel) absent: no opentelemetry module."""
+    script = f"""
 import asyncio, sys
-sys.modules["opentelemetry.sdk"] = None          # as if agentsched[otel] were not installed
+sys.modules["{absent}"] = None  # as if it were not installed
 from arq.worker import create_worker
 from agentsched import TaskQueue
 from agentsched.worker import build_worker_settings

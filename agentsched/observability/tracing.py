@@ -62,7 +62,14 @@ def configure(enabled: bool) -> None:
     if not enabled:
         _otel = False
     elif _otel is False or _otel is None:
-        _otel = _Api() if importlib.util.find_spec("opentelemetry.sdk") is not None else False
+        _otel = _Api() if _sdk_installed() else False
+
+
+def _sdk_installed() -> bool:
+    try:  # finding a submodule imports its parent: absent, that raises
+        return importlib.util.find_spec("opentelemetry.sdk") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _tracer() -> Any:
