@@ -109,10 +109,6 @@ def configure(enabled: bool) -> None:
     _enabled = enabled
 
 
-def is_enabled() -> bool:
-    return _enabled
-
-
 def _child(metric: Any, *values: str) -> Any:
     key = (metric, *values)
     child = _children.get(key)
