@@ -48,6 +48,8 @@ WORKER_LOG_DICT = "agentsched.dev.LOG_CONFIG"
 # `{app-name}` replaced by that app's URL.
 RUN_ON_READY = "AGENTSCHED_DEV_RUN_ON_READY"
 HINT = "AGENTSCHED_DEV_HINT"
+# Each worker serves its Prometheus metrics on its API's port plus this (8001 -> 9101).
+METRICS_PORT_OFFSET = 1100
 _FALLBACK_LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -204,10 +206,11 @@ class Platform:
                 "--host", HOST, "--port", str(app.port), "--log-config", log_config,
                 "--timeout-graceful-shutdown", "5",
             ], env))  # fmt: skip
+            metrics = {"AGENTSCHED_METRICS_PORT": str(app.port + METRICS_PORT_OFFSET)}
             children.append(Child(f"{app.name}.worker", [
                 sys.executable, "-m", "arq", "agentsched.WorkerSettings",
                 "--custom-log-dict", WORKER_LOG_DICT,
-            ], env))  # fmt: skip
+            ], {**env, **metrics}))  # fmt: skip
         return children
 
     def base_env(self, shared: dict[str, str], redis_url: str, db_url: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -73,11 +73,25 @@ class Settings(BaseSettings):
     reconcile_seconds: float = Field(default=10.0, ge=0, le=3600)
     # enqueue returns only once the execution row is committed in SQL.
     durable_enqueue: bool = False
+    # issue 13: observability
+    # Port of this process's Prometheus metrics, served without the API key (off: unset).
+    metrics_port: int | None = Field(default=None, ge=1, le=65_535)
+    # Count metrics at all (false: every counting call returns at once).
+    metrics_enabled: bool = True
+    # Spans through OpenTelemetry when it is installed and a tracer provider is set.
+    tracing: bool = True
+    # `text` (one line, context fields appended) or `json` (one object per line).
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("task_modules", "tasks_file", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_port(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("app")
     @classmethod

@@ -48,6 +48,7 @@ from agentsched.jobs.runtime import Runtime
 from agentsched.jobs.tracker import Encoded, Tracker
 from agentsched.keys import Keys
 from agentsched.logs import configure_logging, keep_argument_values_out
+from agentsched.observability import MetricsServer, logs, metrics, observe_process, tracing
 from agentsched.registry import TaskDef, import_task_modules, registered
 from agentsched.scheduling.service import SchedulerService, load_tasks_files
 from agentsched.scheduling.tasks_file import check_app, parse_tasks_file
@@ -97,6 +98,7 @@ class JobRunner:
         self._pending: set[asyncio.Task[Any]] = set()
         self._recorder: Recorder | None = None
         self._scheduler: SchedulerService | None = None
+        self._metrics: MetricsServer | None = None
         self.rides = StatusRides()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -107,6 +109,7 @@ class JobRunner:
             # costs more than the job. agentsched logs failures and retries itself.
             logging.getLogger("arq.worker").setLevel(logging.WARNING)
         self.runtime = await Runtime(self.settings, retry_forever=True).open()
+        self._metrics = observe_process(self.settings, self.runtime.redis)
         self.tracker = self.runtime.tracker()
         await self.tracker.load_scripts()
         await self.tracker.redis.script_load(CLAIM)
@@ -126,7 +129,9 @@ class JobRunner:
         self._loops.append(asyncio.create_task(self._maintain(), name="agentsched-lease"))
         self._loops.append(asyncio.create_task(self._watchdog(), name="agentsched-watchdog"))
         if self.settings.reconcile_seconds > 0:
-            reconciler = Reconciler(self.runtime, self.tracker, owner=self.worker_id)
+            reconciler = Reconciler(
+                self.runtime, self.tracker, owner=self.worker_id, count=metrics.count_reconciled
+            )
             self._loops.append(asyncio.create_task(reconciler.run(), name="agentsched-reconcile"))
         if self.settings.history_days > 0:
             retention = run_retention(
@@ -172,6 +177,8 @@ class JobRunner:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(SHUTDOWN_STEP):
                     await self._recorder.stop()
+        if self._metrics is not None:
+            self._metrics.stop()
         if self.runtime is not None:
             await self.runtime.close()
 
@@ -347,6 +354,10 @@ class JobRunner:
         task = asyncio.current_task()
         if task is not None:
             self._job_tasks[job_id] = task
+        app, began = self.settings.app, time.perf_counter()
+        metrics.picked_up(app, time.time() - ctx["score"] / 1000)
+        span = tracing.run_span(definition.name, app, job_id, attempt)
+        bound = logs.bind(job_id, definition.name, attempt)
         timeout = task_timeout(definition, self.settings)
         tracker, worker = self.tracker, self.worker_id
         reporter = progress_reports.Reporter(
@@ -362,12 +373,14 @@ class JobRunner:
                     result = await asyncio.to_thread(definition.func, *args, **kwargs)
             encoded = Encoded(dumps_str(result))
             await reporter.close()  # still in `running`: its lease stays renewed
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             reporter.cancel()
+            span.end("cancelled", exc)
             if job_id not in self.rides.lost:
-                await self._interrupted(job_id, attempt)
+                await self._interrupted(job_id, attempt, definition.name)
             raise
         except Exception as exc:
+            span.end("failed", exc)
             await reporter.close()
             if isinstance(exc, TimeoutError) and deadline.expired():
                 kind, error = (
@@ -381,12 +394,16 @@ class JobRunner:
             progress_reports.current.reset(token)
             self.running.pop(job_id, None)
             self._job_tasks.pop(job_id, None)
+            metrics.attempt_ran(app, definition.name, time.perf_counter() - began)
+            logs.unbind(bound)
         if job_id in self.rides.lost:
             return None  # given up: its result is discarded, another worker runs it
         # Rides in arq's finish transaction of this job, right after we return.
         self.rides.finishes[job_id] = self.tracker.finish_command(
             job_id, "success", result=encoded, worker=self.worker_id
         )
+        span.end("success")
+        metrics.finished(app, definition.name, "success")
         return None
 
     async def _failed(
@@ -415,6 +432,7 @@ class JobRunner:
             )
             # A finish that finds the execution cancelled meanwhile changes nothing, and
             # the re-run's start script sees it cancelled and does not run it.
+            metrics.retried(self.settings.app, definition.name)
             raise Retry(defer=delay)
         log.warning(
             "%s %s failed (%s) after %d attempt(s): %s",
@@ -427,9 +445,10 @@ class JobRunner:
         self.rides.finishes[job_id] = self.tracker.finish_command(
             job_id, "failed", error=error, error_kind=kind.value, worker=self.worker_id
         )
+        metrics.finished(self.settings.app, definition.name, "failed", kind.value)
         return None
 
-    async def _interrupted(self, job_id: str, attempt: int) -> None:
+    async def _interrupted(self, job_id: str, attempt: int, function: str = "") -> None:
         """The coroutine was cancelled: by a user's cancel, or by a worker shutdown.
 
         Never raises: the caller re-raises the CancelledError, which arq relies on.
@@ -441,6 +460,7 @@ class JobRunner:
             requested = await tracker.redis.hget(key, "cancel_requested")  # type: ignore[misc]
             if requested == b"1":
                 ending = tracker.finish(job_id, "cancelled", worker=self.worker_id)
+                metrics.finished(self.settings.app, function or "<unknown>", "cancelled")
             else:
                 # arq re-runs a job cancelled by a shutdown; record it as queued again.
                 # The interrupted run is not a failed attempt: the re-run has the same
@@ -496,6 +516,8 @@ class JobRunner:
         expired = kind is ErrorKind.EXPIRED
         function = data.get("f") if isinstance(data.get("f"), str) else "<unknown>"
         log.warning("job %s (%s) ended by the worker: %s", data["id"], function, kind.value)
+        label = str(function) if function in registered() else "<unknown>"  # bounded labels
+        metrics.finished(self.settings.app, label, status, kind.value)
         try:
             await self.tracker.fail_outside(
                 str(data["id"]),
@@ -518,6 +540,7 @@ class JobRunner:
         data = loads(payload)
         if not isinstance(data, dict):
             raise ValueError("job payload must be a JSON object")
+        tracing.take_context(data)
         return data
 
 

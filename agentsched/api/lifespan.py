@@ -33,6 +33,7 @@ from agentsched.jobs.queue import TaskQueue
 from agentsched.jobs.recorder import Recorder
 from agentsched.jobs.redis_checks import warn_if_redis_can_lose_jobs
 from agentsched.jobs.runtime import Runtime
+from agentsched.observability import observe_process
 from agentsched.registry import import_task_modules
 from agentsched.scheduling.service import Scheduler, load_tasks_files
 from agentsched.settings import Settings, get_settings
@@ -63,6 +64,7 @@ async def agentsched_context(
         log.error("agentsched: %s", exc)
         raise
     recorder: Recorder | None = None
+    observed = observe_process(settings, runtime.redis)  # metrics port, log format, tracing
     try:
         await warn_if_redis_can_lose_jobs(runtime.redis)
         files = list(settings.tasks_file if tasks_files is None else tasks_files)
@@ -91,6 +93,7 @@ async def agentsched_context(
         log.error("agentsched: %s", exc)
         raise
     finally:
+        observed.stop()
         if recorder is not None:
             await recorder.stop()
         await runtime.close()

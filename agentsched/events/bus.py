@@ -54,6 +54,7 @@ from agentsched.events.message import (
     to_str,
 )
 from agentsched.keys import Keys
+from agentsched.observability import metrics, tracing
 from agentsched.settings import Settings, get_settings, mask_url
 
 __all__ = ["DeadLetter", "EventBus", "Subscription"]
@@ -268,12 +269,17 @@ class EventBus:
         limit = self.settings.event_max_payload
         if len(data) > limit and (size := len(orjson.dumps(payload))) > limit:
             raise InvalidEvent("payload", f"is {size} bytes as JSON, over the limit of {limit}")
+        span, tp = tracing.start_publish(event_type, self.agent)  # (None, None): no tracing
         try:  # XADD spelled out: redis-py's xadd() costs a few microseconds more per call
             sid = await self._client().execute_command(  # type: ignore[no-untyped-call]
-                "XADD", self.stream, "MAXLEN", "~", self.settings.event_maxlen, "*", "data", data
-            )
+                "XADD", self.stream, "MAXLEN", "~", self.settings.event_maxlen, "*", "data", data,
+                *(("tp", tp) if tp else ()),
+            )  # fmt: skip
         except TRANSIENT as exc:
+            tracing.end(span, exc)
             raise self._unavailable(exc) from None
+        tracing.end(span)
+        metrics.event_published(self.agent, event_type)
         return EventMessage.trusted(values, to_str(sid))
 
     def subscribe(self, *patterns: str, group: str | None = None) -> Subscription:
@@ -331,14 +337,14 @@ class EventBus:
             await reader.close()
 
     async def _dispatch(self, event: EventMessage) -> bool:
-        ok = True
+        failure: Exception | None = None
+        span = tracing.handle_span(event.event_type, self.agent, event._traceparent)
         for match, handler, is_async in self._callbacks:
             if not match(event.event_type):
                 continue
             try:
                 await asyncio.wait_for(self._call(handler, is_async, event), self.handler_timeout)
             except Exception as exc:  # TimeoutError too: the handler ran past handler_timeout
-                ok = False
                 log.warning(
                     "event bus: handler %s failed on %s %s (%r); left for redelivery",
                     getattr(handler, "__qualname__", handler),
@@ -346,7 +352,9 @@ class EventBus:
                     event.stream_id,
                     exc,
                 )
-        return ok
+                failure = failure or exc
+        span.end("failed" if failure else "success", failure)
+        return failure is None
 
     @staticmethod
     async def _call(handler: Handler, is_async: bool, event: EventMessage) -> None:

@@ -39,6 +39,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentsched.events.message import EventMessage, decode, entries, to_str
+from agentsched.observability import metrics
 
 if TYPE_CHECKING:
     from agentsched.events.bus import EventBus
@@ -259,7 +260,7 @@ class GroupReader:
         await self._accept(live, counts)
 
     async def _accept(self, read: list[Any], counts: dict[str, int]) -> None:
-        agent, dead = self._bus.agent, []
+        agent, dead, delivered = self._bus.agent, [], 0
         for raw_id, fields in read:
             sid = to_str(raw_id)
             event = decode(fields)
@@ -269,9 +270,13 @@ class GroupReader:
                 event.event_type
             ):
                 event._stream_id = sid
+                if tp := fields.get(b"tp"):
+                    event._traceparent = to_str(tp)
                 self._buf.append((sid, event))
+                delivered += 1
             else:
                 self.acks.append(sid)  # not for this app: acknowledged unhandled
+        metrics.events_delivered(agent, delivered, redelivered=len(counts))
         if dead:
             await self._dead_letter(dead)
 
@@ -289,6 +294,7 @@ class GroupReader:
             pipe.xadd(self._bus.dead_stream, entry, maxlen=self._bus.settings.event_maxlen)
         pipe.xack(self._key, self._group, *(item[0] for item in items))
         await pipe.execute()
+        metrics.events_dead_lettered(self._bus.agent, len(items))
         for sid, _, reason, _ in items:
             log.warning(
                 "event bus: %s moved to %s by group %r: %s",

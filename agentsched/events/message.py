@@ -32,6 +32,7 @@ class EventMessage(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
     _stream_id: str | None = PrivateAttr(default=None)
+    _traceparent: str | None = PrivateAttr(default=None)  # the publisher's span, if traced
 
     @field_validator("created_at")
     @classmethod
@@ -54,7 +55,8 @@ class EventMessage(BaseModel):
         object.__setattr__(event, "__dict__", values)
         object.__setattr__(event, "__pydantic_fields_set__", _FIELDS)
         object.__setattr__(event, "__pydantic_extra__", None)
-        object.__setattr__(event, "__pydantic_private__", {"_stream_id": stream_id})
+        private = {"_stream_id": stream_id, "_traceparent": None}
+        object.__setattr__(event, "__pydantic_private__", private)
         return event
 
 

@@ -34,6 +34,7 @@ from agentsched.execution import Execution
 from agentsched.jobs.durable import GroupCommit, queued_row
 from agentsched.jobs.runtime import Runtime
 from agentsched.jobs.tracker import Tracker
+from agentsched.observability import metrics, tracing
 from agentsched.registry import get_task, import_task_modules
 from agentsched.serialization import check_json
 from agentsched.settings import Settings, get_settings, mask_url
@@ -175,6 +176,8 @@ class TaskQueue:
             not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
         ):
             raise InvalidInput("idempotency_key", "must be a string of 1 to 200 characters")
+        # Adds the trace context to the metadata; a scheduled run starts a trace of its own.
+        span = tracing.start_enqueue(definition.name, self.app, m, root=scheduled_for is not None)
         now = time.time()
         execution = Execution(
             id=scheduled_execution_id(task_id, scheduled_for)
@@ -200,15 +203,21 @@ class TaskQueue:
                 idempotency_key=idempotency_key,
             )
         except RedisError as exc:
+            tracing.end(span, exc)
             if not is_transient(exc):
                 raise
             url = mask_url(self.settings.redis_url)
             raise ServiceUnavailable("Redis", url, describe(exc)) from None
+        except BaseException as exc:
+            tracing.end(span, exc)
+            raise
+        tracing.end(span, execution_id=execution.id if created else ident)
         if created and (self.settings.durable_enqueue if durable is None else durable):
             if self._group_commit is None:
                 self._group_commit = GroupCommit(self._runtime.executions)
             await self._group_commit.write(queued_row(execution, score))
         if created:
+            metrics.enqueued(self.app, definition.name)
             return execution
         return await self.get_execution(ident)
 
@@ -274,6 +283,8 @@ class TaskQueue:
                 if current is None or current.is_terminal:
                     return current is not None and current.status is TaskStatus.CANCELLED
             outcome = await self.tracker.cancel(execution.id, force=True)
+        if outcome == "cancelled":  # ended here; a worker that stops it counts its own
+            metrics.finished(self.app, execution.function, "cancelled")
         return outcome == "cancelled"
 
     async def list_executions(self, **filters: Any) -> tuple[list[Execution], int]:

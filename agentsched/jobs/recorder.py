@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 from agentsched.connections import is_transient
 from agentsched.db.executions import ExecutionStore
 from agentsched.execution import snapshot_row
+from agentsched.observability import metrics
 from agentsched.serialization import loads
 
 log = logging.getLogger("agentsched.recorder")
@@ -85,6 +86,7 @@ class Recorder:
                 log.warning("dropping malformed execution snapshot: %r", exc)
         if rows:
             await self.store.upsert_many(rows)
+            metrics.recorder_rows(row["app"] for row in rows)
         ids = [entry_id for entry_id, _ in entries]
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xack(self.stream, GROUP, *ids)

@@ -19,7 +19,8 @@ from agentsched.errors import ConfigError
 from agentsched.execution import Execution, from_redis
 from agentsched.jobs import status_scripts as lua
 from agentsched.keys import Keys
-from agentsched.serialization import dumps, dumps_str, now_ms
+from agentsched.observability.tracing import job_serializer
+from agentsched.serialization import dumps_str, now_ms
 from agentsched.settings import Settings
 
 
@@ -83,7 +84,7 @@ class Tracker:
             score_ms
             if execution.enqueued_at is None
             else int(execution.enqueued_at.timestamp() * 1000),
-            serializer=dumps,
+            serializer=job_serializer(execution.metadata),  # the trace context rides along
         )
         fields: list[str] = [
             "id",
@@ -333,7 +334,7 @@ class Tracker:
             row.kwargs,
             None,
             enqueued_ms,
-            serializer=dumps,
+            serializer=job_serializer(row.metadata),
         )
         now = now_ms()
         ttl = max(due_ms - now, 0) + expires_extra_ms

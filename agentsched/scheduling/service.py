@@ -31,6 +31,7 @@ from agentsched.errors import InvalidInput, InvalidSchedule, NotFound, TasksFile
 from agentsched.execution import Execution
 from agentsched.jobs.queue import TaskQueue, parse_execution_id, scheduled_execution_id
 from agentsched.jobs.runtime import Runtime
+from agentsched.observability import metrics
 from agentsched.registry import TaskDef, get_task, registered
 from agentsched.scheduling.rules import (
     FirePlan,
@@ -419,6 +420,10 @@ class SchedulerService:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        fired = _now().timestamp()
+        metrics.schedule_fired(self.app, [fired - fire.timestamp() for _, fire in jobs],
+                               overlap=sum(a.skipped for a in advances),
+                               misfire=sum(plan.missed for _, plan in plans))  # fmt: skip
         await batch.advance(advances)
         stats.enqueued += len(jobs)
         stats.schedules += len(batch.rows)

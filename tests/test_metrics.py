@@ -1,0 +1,254 @@
+"""Prometheus metrics: what a worker's port and the API's /metrics say, with real services.
+
+Every test has its own app name, so the `app` label makes absolute values per test,
+even though prometheus-client's registry is shared by the whole test process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import socket
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+from redis.exceptions import ResponseError
+
+from agentsched import EventBus, TaskQueue
+from agentsched.api import create_app
+from agentsched.errors import ConfigError
+from agentsched.jobs.recorder import Recorder
+from agentsched.jobs.runtime import Runtime
+from agentsched.keys import Keys
+from agentsched.observability import metrics
+from agentsched.observability.scrape import Source, read
+from agentsched.scheduling.service import Scheduler, SchedulerService
+from agentsched.settings import Settings, load_settings
+from tests.test_api_support import eventually, serve
+
+ADD = "tests.sample_tasks.add"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    return [
+        (s.name, dict(s.labels), s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+def value(text: str, name: str, **labels: str) -> float | None:
+    """The sample `name` whose labels include `labels`; None when there is none."""
+    found = [v for n, ls, v in samples(text) if n == name and labels.items() <= ls.items()]
+    assert len(found) <= 1, f"{name}{labels} matches {len(found)} samples"
+    return found[0] if found else None
+
+
+def sample(name: str, **labels: str) -> float | None:
+    """A sample of this test process's own registry."""
+    return REGISTRY.get_sample_value(name, labels)
+
+
+async def scrape(port: int) -> str:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return response.text
+
+
+async def test_worker_port_counts_jobs_by_function_and_outcome(
+    settings: Settings, run_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    port = free_port()
+    await run_worker(metrics_port=port)
+    app = settings.app
+    async with TaskQueue(settings) as queue:
+        ok = await queue.enqueue(ADD, args=[1, 2])
+        bad = await queue.enqueue("tests.boom", kwargs={"message": "secret-value-42"})
+        flaky = await queue.enqueue("tests.flaky", args=[str(tmp_path / "m"), 1])
+        later = await queue.enqueue("tests.noop", delay=600)
+        assert await queue.get_result(ok.id, timeout=10) == 3
+        assert await queue.get_result(flaky.id, timeout=10) == "ok after 2"
+        await eventually(lambda: queue.get_status(bad.id), lambda s: s.value == "failed")
+
+    text = await eventually(
+        lambda: scrape(port),
+        lambda t: (
+            value(t, "agentsched_workers_alive", app=app) == 1
+            and (value(t, "agentsched_recorder_rows_total", app=app) or 0) >= 4
+        ),
+    )
+    finished = "agentsched_executions_finished_total"
+    assert value(text, finished, app=app, function=ADD, status="success", error_kind="") == 1
+    assert value(text, finished, app=app, function="tests.flaky", status="success") == 1
+    assert (
+        value(text, finished, app=app, function="tests.boom", status="failed")
+        == 1
+        == value(text, finished, app=app, function="tests.boom", error_kind="exception")
+    )
+    assert value(text, "agentsched_executions_retried_total", app=app, function="tests.flaky") == 1
+    assert value(text, "agentsched_executions_enqueued_total", app=app, function=ADD) == 1
+    runs = "agentsched_execution_duration_seconds_count"
+    assert value(text, runs, app=app, function="tests.flaky") == 2  # one per attempt
+    assert value(text, "agentsched_pickup_delay_seconds_count", app=app) == 4
+    assert value(text, "agentsched_queue_jobs", app=app, state="deferred") == 1
+    assert value(text, "agentsched_queue_jobs", app=app, state="queued") == 0
+    assert value(text, "agentsched_queue_jobs", app=app, state="running") == 0
+    # Never an execution id or an argument value in a label.
+    ids = {ok.id, bad.id, flaky.id, later.id}
+    for _name, labels, _v in samples(text):
+        assert not ids & set(labels.values())
+        assert not any("secret-value-42" in v for v in labels.values())
+
+
+async def test_api_metrics_need_the_key_and_show_the_queue(settings: Settings) -> None:
+    keyed = settings.model_copy(update={"api_key": SecretStr("k3y")})
+    async with serve(create_app(keyed, tasks_files=[])) as client:
+        assert (await client.get("/metrics")).status_code == 401
+        post = await client.post(
+            "/executions", json={"function": ADD, "args": [1, 2]}, headers={"X-API-Key": "k3y"}
+        )
+        assert post.status_code == 202
+        response = await client.get("/metrics", headers={"X-API-Key": "k3y"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text, app = response.text, settings.app
+    assert value(text, "agentsched_executions_enqueued_total", app=app, function=ADD) == 1
+    assert value(text, "agentsched_queue_jobs", app=app, state="queued") == 1
+    assert value(text, "agentsched_workers_alive", app=app) == 0
+
+
+async def test_api_serves_the_metrics_port_without_the_key(settings: Settings) -> None:
+    port = free_port()
+    keyed = settings.model_copy(update={"api_key": SecretStr("k3y"), "metrics_port": port})
+    async with serve(create_app(keyed, tasks_files=[])):
+        text = await scrape(port)
+        assert value(text, "agentsched_queue_jobs", app=settings.app, state="queued") == 0
+    with pytest.raises(httpx.ConnectError):  # closed with the app
+        await scrape(port)
+
+
+async def test_recorder_lag_is_the_age_of_the_oldest_unwritten_snapshot(
+    settings: Settings,
+) -> None:
+    async with Runtime(settings) as runtime:
+        source = Source(
+            asyncio.get_running_loop(),
+            runtime.redis,
+            Keys(settings.redis_prefix, settings.app),
+            settings.lease_seconds,
+        )
+        assert (await read(source)).recorder_lag == 0
+        async with TaskQueue(runtime=runtime) as queue:
+            await queue.enqueue("tests.noop")
+        lagging = await eventually(lambda: read(source), lambda r: r.recorder_lag >= 0.2)
+        assert lagging.queued == 1 and lagging.deferred == 0
+        recorder = Recorder(runtime.redis, runtime.executions, runtime.tracker().keys.records)
+        await recorder.drain()
+        assert (await read(source)).recorder_lag == 0
+
+
+async def test_event_traffic_is_counted_per_app(settings: Settings) -> None:
+    agent = f"ev-{uuid.uuid4().hex[:8]}"
+    async with (
+        EventBus(agent, settings=settings, visibility_timeout=0.2, max_deliveries=2) as bus,
+    ):
+        failures: list[str] = []
+
+        @bus.on("scraper.*")
+        async def handler(event: Any) -> None:
+            failures.append(event.id)
+            raise RuntimeError("handler fails every time")
+
+        await bus.start()
+
+        async def groups() -> list[Any]:
+            with contextlib.suppress(ResponseError):  # no stream yet
+                return list(await bus._client().xinfo_groups(bus.stream))
+            return []
+
+        # Events before the group exists are not this app's: wait for the listener.
+        await eventually(groups, lambda gs: any(g["name"] == agent.encode() for g in gs))
+        await bus.publish("scraper.page_fetched", {"url": "u"})
+        await bus.publish("scraper.page_fetched", {"url": "v"})
+
+        async def dead() -> float | None:
+            return sample("agentsched_events_dead_lettered_total", app=agent)
+
+        await eventually(dead, lambda n: n == 2)
+    published = sample("agentsched_events_published_total", app=agent, event_type="scraper")
+    assert published == 2
+    assert sample("agentsched_events_delivered_total", app=agent) == 4  # each twice, then dead
+    assert sample("agentsched_events_redelivered_total", app=agent) == 2
+    assert len(failures) == 4
+
+
+async def test_schedules_record_fire_lag_and_skips(settings: Settings) -> None:
+    async with Runtime(settings) as runtime:
+        scheduler = Scheduler(runtime)
+        s = await scheduler.create(
+            {"name": "lag", "function": "tests.noop", "interval": "60s", "overlap": "skip"}
+        )
+        assert s.next_run_at is not None
+        service = SchedulerService(runtime)
+        lag = "agentsched_schedule_fire_lag_seconds_count"
+        assert sample(lag, app=settings.app) is None
+        assert (await service.tick(s.next_run_at)).enqueued == 1
+        assert sample(lag, app=settings.app) == 1
+        # The first run is still queued (no worker): the next fire time is skipped.
+        later = s.next_run_at + dt.timedelta(seconds=60)
+        assert (await service.tick(later)).overlap_skipped == 1
+        skipped = "agentsched_schedule_skipped_total"
+        assert sample(skipped, app=settings.app, reason="overlap") == 1
+        assert sample(skipped, app=settings.app, reason="misfire") is None
+
+
+def test_counting_can_be_turned_off() -> None:
+    app = f"off-{uuid.uuid4().hex[:8]}"
+    try:
+        metrics.configure(False)
+        metrics.enqueued(app, "f")
+        metrics.finished(app, "f", "failed", "exception")
+    finally:
+        metrics.configure(True)
+    metrics.finished(app, "f", "success", "exception")  # a success carries no error kind
+    finished = "agentsched_executions_finished_total"
+    assert sample("agentsched_executions_enqueued_total", app=app, function="f") is None
+    assert sample(finished, app=app, function="f", status="failed", error_kind="exception") is None
+    assert sample(finished, app=app, function="f", status="success", error_kind="") == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "raw"),
+    [
+        ("metrics_port", "abc"),
+        ("metrics_port", "70000"),
+        ("log_format", "xml"),
+        ("tracing", "maybe"),
+    ],
+)
+def test_bad_observability_settings_name_the_variable(field: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**{field: raw})
+    message = str(caught.value)
+    assert message.startswith(f"AGENTSCHED_{field.upper()}: ") and "\n" not in message
+
+
+def test_an_empty_metrics_port_is_off() -> None:
+    assert load_settings(metrics_port="").metrics_port is None
+    assert load_settings(metrics_port="9100").metrics_port == 9100

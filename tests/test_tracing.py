@@ -1,0 +1,249 @@
+"""OpenTelemetry: one trace from POST /executions through enqueue to the worker's runs.
+
+The API runs in this process with FastAPI's instrumentation; the worker is a real
+`arq agentsched.WorkerSettings` subprocess whose task modules include
+`tests.otel_worker` (an SDK provider with the in-memory exporter, dumped at exit).
+Both sides use the SDK's in-memory exporter; the context crosses through Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util._once import Once
+from redis.exceptions import ResponseError
+
+from agentsched import EventBus, EventMessage
+from agentsched.api import create_app
+from agentsched.jobs.queue import scheduled_execution_id
+from agentsched.jobs.runtime import Runtime
+from agentsched.observability import tracing
+from agentsched.scheduling.service import Scheduler, SchedulerService
+from agentsched.settings import Settings
+from tests.conftest import subprocess_env
+from tests.test_api_support import eventually, serve
+from tests.test_worker_process import ROOT, start_worker, stop
+
+ADD = "tests.sample_tasks.add"
+
+
+@pytest.fixture(scope="module")
+def exporter() -> Iterator[InMemorySpanExporter]:
+    """An SDK provider with the in-memory exporter for this module's tests only.
+
+    OTel lets a process set its provider once; like OTel's own test helpers
+    (`reset_trace_globals`), the teardown puts the global back, so later test modules
+    run untraced, as they would without a provider.
+    """
+    provider = TracerProvider()
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    trace.set_tracer_provider(provider)
+    yield memory
+    provider.shutdown()
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    assert not tracing.available()
+
+
+def hexid(value: int) -> str:
+    return f"0x{value:016x}" if value < 2**64 else f"0x{value:032x}"
+
+
+async def finished(client: httpx.AsyncClient, ident: str) -> dict[str, Any]:
+    async def get() -> dict[str, Any]:
+        return dict((await client.get(f"/executions/{ident}")).json())
+
+    return await eventually(get, lambda e: e["status"] in {"success", "failed"}, timeout=20)
+
+
+async def test_one_trace_from_request_to_worker_runs(
+    settings: Settings, exporter: InMemorySpanExporter, tmp_path: Path
+) -> None:
+    spans_file = tmp_path / "worker-spans.json"
+    worker = start_worker(
+        settings,
+        AGENTSCHED_TASK_MODULES="tests.sample_tasks,tests.otel_worker",
+        OTEL_TEST_SPANS_FILE=str(spans_file),
+    )
+    try:
+        app = create_app(settings, tasks_files=[])
+        FastAPIInstrumentor.instrument_app(app)
+        async with serve(app) as client:
+            posted = {}
+            for function, body in [
+                (ADD, {"args": [1, 2]}),
+                ("tests.boom", {"kwargs": {"message": "no luck"}}),
+                ("tests.flaky", {"args": [str(tmp_path / "flaky"), 1]}),
+            ]:
+                response = await client.post("/executions", json={"function": function, **body})
+                assert response.status_code == 202, response.text
+                posted[function] = response.json()
+            ends = {f: await finished(client, e["id"]) for f, e in posted.items()}
+    finally:
+        output = stop(worker)
+    assert [e["status"] for e in ends.values()] == ["success", "failed", "success"], output
+    assert spans_file.is_file(), output
+    local = exporter.get_finished_spans()
+    remote = json.loads(spans_file.read_text())
+
+    for function, execution in posted.items():
+        enqueue = next(
+            s
+            for s in local
+            if s.name == f"agentsched.enqueue {function}"
+            and s.attributes is not None
+            and s.attributes["agentsched.execution_id"] == execution["id"]
+        )
+        request = next(s for s in local if s.context.span_id == enqueue.parent.span_id)  # type: ignore[union-attr]
+        assert request.kind is trace.SpanKind.SERVER
+        assert request.name == "POST /api/scheduler/executions"
+        trace_id = hexid(enqueue.context.trace_id)
+        assert ends[function]["metadata"]["traceparent"].split("-")[1] == trace_id[2:]
+        runs = sorted(
+            (s for s in remote if s["name"] == f"agentsched.run {function}"),
+            key=lambda s: s["attributes"]["agentsched.attempt"],
+        )
+        assert runs, f"no run span of {function}: {[s['name'] for s in remote]}"
+        for attempt, run in enumerate(runs, 1):
+            assert run["context"]["trace_id"] == trace_id
+            assert run["parent_id"] == hexid(enqueue.context.span_id)
+            assert run["attributes"]["agentsched.execution_id"] == execution["id"]
+            assert run["attributes"]["agentsched.app"] == settings.app
+            assert run["attributes"]["agentsched.function"] == function
+            assert run["attributes"]["agentsched.attempt"] == attempt
+
+    by_function = {f: [s for s in remote if s["name"] == f"agentsched.run {f}"] for f in posted}
+    assert [s["attributes"]["agentsched.status"] for s in by_function[ADD]] == ["success"]
+    [boom] = by_function["tests.boom"]
+    assert boom["attributes"]["agentsched.status"] == "failed"
+    assert boom["status"]["status_code"] == "ERROR"
+    assert [e["attributes"]["exception.type"] for e in boom["events"]] == ["ValueError"]
+    flaky = sorted(s["attributes"]["agentsched.attempt"] for s in by_function["tests.flaky"])
+    assert flaky == [1, 2]
+    statuses = [s["attributes"]["agentsched.status"] for s in by_function["tests.flaky"]]
+    assert sorted(statuses) == ["failed", "success"]
+
+
+@pytest.mark.parametrize("absent", ["opentelemetry.sdk", "opentelemetry"])
+def test_without_the_sdk_agentsched_imports_no_opentelemetry(
+    settings: Settings, absent: str
+) -> None:
+    """Enqueue and run a job with the SDK (or all of OTel) absent: no opentelemetry module."""
+    script = f"""
+import asyncio, sys
+sys.modules["{absent}"] = None  # as if it were not installed
+from arq.worker import create_worker
+from agentsched import TaskQueue
+from agentsched.worker import build_worker_settings
+from agentsched.settings import get_settings
+
+async def main():
+    async with TaskQueue() as queue:
+        execution = await queue.enqueue("tests.sample_tasks.add", args=[2, 3])
+    worker = create_worker(build_worker_settings(get_settings()), burst=True,
+                           handle_signals=False)
+    await worker.async_run()
+    await worker.close()
+    async with TaskQueue() as queue:
+        assert await queue.get_result(execution.id, timeout=5) == 5
+    print(sorted(m for m, mod in sys.modules.items() if mod and m.startswith("opentelemetry")))
+
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=subprocess_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+async def test_a_handled_event_is_a_child_of_its_publish(
+    settings: Settings, exporter: InMemorySpanExporter
+) -> None:
+    seen: list[str | None] = []
+    async with (
+        EventBus("tr-sender", settings=settings) as sender,
+        EventBus("tr-receiver", settings=settings) as receiver,
+    ):
+
+        @receiver.on("scraper.*")
+        async def handler(event: EventMessage) -> None:
+            inner = trace.get_current_span().get_span_context()
+            seen.append(f"{inner.span_id:016x}")
+
+        await receiver.start()
+
+        async def group_ready() -> bool:
+            with contextlib.suppress(ResponseError):
+                groups = await receiver._client().xinfo_groups(receiver.stream)
+                return any(g["name"] == b"tr-receiver" for g in groups)
+            return False
+
+        await eventually(group_ready, bool)
+        published = await sender.publish("scraper.page_fetched", {"url": "u"})
+        await eventually(lambda: asyncio.sleep(0, len(seen)), lambda n: n == 1)
+    spans = exporter.get_finished_spans()
+    [publish] = [
+        s
+        for s in spans
+        if s.name == "agentsched.publish scraper.page_fetched"
+        and s.attributes is not None
+        and s.attributes["agentsched.app"] == "tr-sender"
+    ]
+    [handle] = [
+        s
+        for s in spans
+        if s.name == "agentsched.handle scraper.page_fetched"
+        and s.parent
+        and s.parent.span_id == publish.context.span_id
+    ]
+    assert handle.context.trace_id == publish.context.trace_id
+    assert handle.attributes is not None and handle.attributes["agentsched.status"] == "success"
+    assert seen == [f"{handle.context.span_id:016x}"]  # the callback ran inside it
+    assert published.stream_id is not None
+
+
+async def test_a_scheduled_run_starts_a_trace_of_its_own(
+    settings: Settings, exporter: InMemorySpanExporter
+) -> None:
+    async with Runtime(settings) as runtime:
+        scheduler = Scheduler(runtime)
+        s = await scheduler.create({"name": "traced", "function": "tests.noop", "interval": "60s"})
+        assert s.next_run_at is not None
+        tracer = trace.get_tracer("test")
+        with tracer.start_as_current_span("unrelated caller") as caller:
+            assert (await SchedulerService(runtime).tick(s.next_run_at)).enqueued == 1
+            manual = await scheduler.run_now(s.id)  # not scheduled: a child of the caller
+    ident = scheduled_execution_id(s.id, s.next_run_at)
+    spans = {
+        s.attributes["agentsched.execution_id"]: s
+        for s in exporter.get_finished_spans()
+        if s.name == "agentsched.enqueue tests.noop" and s.attributes
+    }
+    scheduled, by_hand = spans[ident], spans[manual.id]
+    assert scheduled.parent is None
+    assert scheduled.context.trace_id != caller.get_span_context().trace_id
+    assert by_hand.parent is not None
+    assert by_hand.parent.span_id == caller.get_span_context().span_id
