@@ -38,6 +38,10 @@ class Keys:
         """Sorted set: worker id -> last heartbeat (ms)."""
         return f"{self.prefix}workers:{self.app}"
 
+    def worker_info(self, worker_id: str) -> str:
+        """Hash of one worker: `started` (ms), `running`, `done` (expires with it)."""
+        return f"{self.prefix}worker:{self.app}:{worker_id}"
+
     @property
     def records(self) -> str:
         """Stream of execution snapshots waiting to be written to SQL (all apps)."""

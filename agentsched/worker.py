@@ -40,7 +40,7 @@ from agentsched.keys import Keys
 from agentsched.registry import TaskDef, import_task_modules, registered
 from agentsched.scheduling.service import SchedulerService, load_tasks_files
 from agentsched.scheduling.tasks_file import parse_tasks_file
-from agentsched.serialization import dumps, dumps_str, loads
+from agentsched.serialization import dumps, dumps_str, loads, now_ms
 from agentsched.settings import Settings, get_settings
 from agentsched.status import ErrorKind
 
@@ -67,6 +67,8 @@ class JobRunner:
         self.runtime: Runtime | None = None
         self.tracker: Tracker | None = None
         self.running: set[str] = set()
+        self.started_ms = now_ms()
+        self.done = 0  # jobs this worker finished (the dashboard's Workers page)
         self._loops: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[Any]] = set()
         self._recorder: Recorder | None = None
@@ -138,7 +140,12 @@ class JobRunner:
         period = self.settings.lease_seconds / 3
         while True:
             try:
-                await self.tracker.renew(list(self.running), self.worker_id)
+                await self.tracker.renew(
+                    list(self.running),
+                    self.worker_id,
+                    info={"started": self.started_ms, "running": len(self.running),
+                          "done": self.done},
+                )  # fmt: skip
                 recovered = await self.tracker.reap()
                 if recovered:
                     log.warning(
@@ -219,6 +226,7 @@ class JobRunner:
         finally:
             progress_reports.current.reset(token)
             self.running.discard(job_id)
+            self.done += 1
         # Rides in arq's finish transaction of this job, right after we return.
         self.rides.finishes[job_id] = self.tracker.finish_command(
             job_id, "success", result=encoded, worker=self.worker_id

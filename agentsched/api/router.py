@@ -12,11 +12,20 @@ from __future__ import annotations
 
 from fastapi.routing import APIRoute
 
-from agentsched.api import routes_events, routes_executions, routes_system, routes_tasks
+from agentsched.api import (
+    routes_dashboard,
+    routes_events,
+    routes_executions,
+    routes_system,
+    routes_tasks,
+    routes_ui,
+)
 from agentsched.api.deps import scheduler_router
 
 __all__ = ["scheduler_router"]
-ROUTE_MODULES = (routes_tasks, routes_executions, routes_system, routes_events)
+ROUTE_MODULES = (
+    routes_tasks, routes_executions, routes_system, routes_events, routes_dashboard, routes_ui,
+)  # fmt: skip
 
 for _route in scheduler_router.routes:
     # The key is needed only when AGENTSCHED_API_KEY is set: `{}` as an alternative

@@ -274,13 +274,22 @@ class Tracker:
         )
         return _text(out)
 
-    async def renew(self, execution_ids: list[str], worker: str) -> None:
-        """Extend the leases of running executions and record this worker as alive."""
+    async def renew(
+        self, execution_ids: list[str], worker: str, info: dict[str, int] | None = None
+    ) -> None:
+        """Extend the leases of running executions and record this worker as alive.
+
+        `info` (start time, jobs running and done) is kept for three leases under
+        `Keys.worker_info`, for the dashboard's Workers page.
+        """
         ms = int(self.settings.lease_seconds * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
             for ident in execution_ids:
                 pipe.pexpire(self.keys.lease(ident), ms)
             pipe.zadd(self.keys.workers, {worker: now_ms()})
+            if info is not None:
+                pipe.hset(self.keys.worker_info(worker), mapping=info)
+                pipe.pexpire(self.keys.worker_info(worker), 3 * ms)
             await pipe.execute()
 
     async def progress(
