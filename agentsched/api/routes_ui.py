@@ -38,8 +38,10 @@ VENDOR_CACHE = {"Cache-Control": "public, max-age=86400", "X-Content-Type-Option
 
 # ReDoc's footer loads its logo from a CDN; offline, that is a failed request in every
 # browser console. An empty inline image takes its place.
-_REDOC_LOGO = (b'"https://cdn.redoc.ly/redoc/logo-mini.svg"',
-               b'"data:image/svg+xml,%3Csvg xmlns=%27http://www.w3.org/2000/svg%27/%3E"')  # fmt: skip
+_REDOC_LOGO = (
+    b'"https://cdn.redoc.ly/redoc/logo-mini.svg"',
+    b'"data:image/svg+xml,%3Csvg xmlns=%27http://www.w3.org/2000/svg%27/%3E"',
+)
 
 
 @cache
