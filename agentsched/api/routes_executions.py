@@ -24,6 +24,18 @@ from agentsched.status import TaskStatus
 
 TAGS: list[str | Enum] = ["executions"]
 ID_PREFIX = r"^[0-9a-fA-F-]+$"
+# ISO 8601 with a zone, as a browser's toISOString() writes it (no epoch numbers).
+MOMENT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})$"
+
+
+def moment(field: str, value: str | None) -> dt.datetime | None:
+    """The datetime of an ISO 8601 query value; `InvalidInput(field)` if it is no date."""
+    if value is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(field, "is not a date and time") from None
 
 
 class ExecutionSort(StrEnum):
@@ -86,8 +98,12 @@ async def list_executions(
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     sort: Annotated[ExecutionSort, Query()] = ExecutionSort.ENQUEUED_AT,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
-    since: Annotated[dt.datetime | None, Query(description="Enqueued at or after")] = None,
-    until: Annotated[dt.datetime | None, Query(description="Enqueued before")] = None,
+    since: Annotated[
+        str | None, Query(pattern=MOMENT, description="Enqueued at or after (ISO 8601, with zone)")
+    ] = None,
+    until: Annotated[
+        str | None, Query(pattern=MOMENT, description="Enqueued before (ISO 8601, with zone)")
+    ] = None,
     id_prefix: Annotated[
         str | None,
         Query(min_length=1, max_length=36, pattern=ID_PREFIX, description="Ids starting with this"),
@@ -113,8 +129,8 @@ async def list_executions(
         offset=offset,
         sort=sort.value,
         descending=order == "desc",
-        since=since,
-        until=until,
+        since=moment("since", since),
+        until=moment("until", until),
         id_prefix=id_prefix.lower() if id_prefix else None,
         after=after,
     )
