@@ -30,7 +30,7 @@ from agentsched.api.models_dashboard import (
     WorkerRead,
 )
 from agentsched.api.schedule_words import schedule_words
-from agentsched.db.stats import last_runs, minute_buckets
+from agentsched.db.stats import MinuteCache, last_runs
 from agentsched.errors import Conflict, NotFound
 from agentsched.events import EventBus
 from agentsched.events.message import EventMessage
@@ -41,6 +41,9 @@ from agentsched.status import TaskStatus
 TAGS: list[str | Enum] = ["dashboard"]
 LIVE_LEASES = 3  # as /health: three leases without a heartbeat and a worker is gone
 MAX_OUTLOOK = 500
+# Settled minutes of the Overview's charts, per database engine and app (not per loop:
+# plain data, dropped with the engine).
+MINUTES = MinuteCache()
 
 
 def _moment(ms: float) -> dt.datetime:
@@ -76,7 +79,7 @@ async def overview(
     until = dt.datetime.now(dt.UTC)
     (queued, deferred, running, workers), buckets = await asyncio.gather(
         _depths(state),
-        minute_buckets(
+        MINUTES.buckets(
             state.runtime.engine, state.settings.app, until - dt.timedelta(minutes=minutes), until
         ),
     )

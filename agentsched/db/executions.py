@@ -199,7 +199,10 @@ class ExecutionStore:
         if until is not None:
             where.append(T.enqueued_at < until)
         if id_prefix:
+            # The range lets the primary key's index find the candidates (LIKE cannot use
+            # it outside the C collation); ids are lower-case hex and "-", all below "g".
             escaped = id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where += [T.id >= id_prefix, T.id < id_prefix + "g"]
             where.append(T.id.like(escaped + "%", escape="\\"))
         statuses = list(status)
         if statuses:
@@ -214,6 +217,9 @@ class ExecutionStore:
             position = tuple_(T.enqueued_at, T.id)
             mark = tuple_(literal(after[0], T.enqueued_at.type), literal(after[1], T.id.type))
             keyset.append(position < mark if descending else position > mark)
+            # The same bound on the indexed column alone, which the planner can seek to.
+            stamp = literal(after[0], T.enqueued_at.type)
+            keyset.append(T.enqueued_at <= stamp if descending else T.enqueued_at >= stamp)
         query = (
             select(*_ROW)
             .where(*where, *keyset)

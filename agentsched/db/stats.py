@@ -4,12 +4,17 @@ The server aggregates so a browser never downloads the history: one query over t
 window, grouped by minute, through the `(app, finished_at)` index. PostgreSQL computes
 the percentiles itself; other databases (SQLite, for development) get the window's
 rows and Python computes them.
+
+`MinuteCache` keeps the minutes that can no longer change (ended more than
+`SETTLED` ago: the recorder writes a status change within about a second) per engine
+and app, so a dashboard polling the last hour re-reads only its last few minutes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import statistics
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +37,48 @@ class Bucket:
     runtime_p95_ms: float | None
     pickup_p50_ms: float | None
     pickup_p95_ms: float | None
+
+
+SETTLED = dt.timedelta(minutes=2)
+
+
+class MinuteCache:
+    """Per engine and app: the settled buckets already read, and up to when."""
+
+    def __init__(self) -> None:
+        self._apps: weakref.WeakKeyDictionary[AsyncEngine, dict[str, _Settled]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def buckets(
+        self, engine: AsyncEngine, app: str, since: dt.datetime, until: dt.datetime
+    ) -> list[Bucket]:
+        """What `minute_buckets` returns for 60-second buckets, reading only what is new."""
+        since = _floor_minute(since)
+        settled_until = _floor_minute(until - SETTLED)
+        known = self._apps.setdefault(engine, {}).get(app)
+        if known is None or known.until < since or known.since > since:
+            known = _Settled(since, since, {})
+        if known.until < settled_until:
+            fresh = await minute_buckets(engine, app, known.until, settled_until)
+            known.buckets.update({b.start: b for b in fresh})
+            known.until = settled_until
+        known.buckets = {k: b for k, b in known.buckets.items() if k >= since}
+        known.since = since
+        self._apps[engine][app] = known
+        recent = await minute_buckets(engine, app, max(known.until, since), until)
+        return [*sorted(known.buckets.values(), key=lambda b: b.start), *recent]
+
+
+@dataclass(slots=True)
+class _Settled:
+    since: dt.datetime
+    until: dt.datetime
+    buckets: dict[dt.datetime, Bucket]
+
+
+def _floor_minute(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(second=0, microsecond=0)
 
 
 @dataclass(frozen=True, slots=True)
