@@ -23,6 +23,7 @@ async function route() {
   }
   const main = document.getElementById("main");
   main.replaceChildren(h("p", { role: "status" }, "Loading…"));
+  main.setAttribute("aria-busy", "true"); // until the page's first data is on screen
   const page = make();
   current = page;
   try {
@@ -31,6 +32,8 @@ async function route() {
     document.title = `${title ? title.textContent : key} · agentsched`;
   } catch (err) {
     if (current === page) main.replaceChildren(h("h1", {}, "Could not load this page"), h("p", { class: "error", role: "alert" }, errorText(err)));
+  } finally {
+    if (current === page) main.setAttribute("aria-busy", "false");
   }
 }
 

@@ -23,7 +23,7 @@ function lineChart(title, series, from, to, unit) {
   let top = 0;
   for (const s of series) for (const [, v] of s.values) if (v !== null && v > top) top = v;
   top = niceMax(top);
-  const x = (t) => L + ((t - from) / (to - from)) * (W - L - R);
+  const x = (t) => L + ((Math.min(Math.max(t, from), to) - from) / (to - from)) * (W - L - R);
   const y = (v) => T + (1 - v / top) * (H - T - B);
   const latest = series.map((s) => {
     const last = s.values.filter(([, v]) => v !== null).pop();

@@ -163,7 +163,8 @@ function h(tag, attrs, ...children) {
 function when(value) {
   if (!value) return "—";
   const d = new Date(value);
-  return d.toLocaleString(undefined, { hour12: false });
+  // The zone is named: a schedule's fire times are read against its own timezone.
+  return d.toLocaleString(undefined, { hour12: false, timeZoneName: "short" });
 }
 
 function ago(value) {

@@ -28,13 +28,13 @@ function schedulesPage() {
       h("td", {}, s.source),
       h("td", {}, s.skipped_runs),
       h("td", { class: "state" }, s.enabled ? "Enabled" : "Disabled"),
-      h("td", { class: "actions" },
+      h("td", {}, h("div", { class: "actions" },
         h("button", { type: "button", onclick: () => act(s, "Run now", "POST", `tasks/${s.id}/run`) }, "Run now"),
         s.enabled
           ? h("button", { type: "button", onclick: () => act(s, "Disable", "POST", `tasks/${s.id}/disable`) }, "Disable")
           : h("button", { type: "button", onclick: () => act(s, "Enable", "POST", `tasks/${s.id}/enable`) }, "Enable"),
         h("button", { type: "button", onclick: () => showForm(s) }, "Edit"),
-        h("button", { type: "button", onclick: () => remove(s) }, "Delete")));
+        h("button", { type: "button", onclick: () => remove(s) }, "Delete"))));
   }
   async function remove(s) {
     if (!confirm(`Delete the schedule ${s.name}? Its past executions stay in the history.`)) return;

@@ -14,14 +14,24 @@ function overviewPage() {
     const to = Date.now(), from = to - 60 * 60000;
     const at = (m) => new Date(m.start).getTime() + 30000;
     const pick = (key) => o.minutes.map((m) => [at(m), m[key]]);
+    // Counts are 0 in a minute the server left out (nothing ended then); percentiles are absent.
+    const byMinute = new Map(o.minutes.map((m) => [Math.floor(new Date(m.start).getTime() / 60000), m]));
+    const count = (key) => {
+      const out = [];
+      for (let t = Math.ceil(from / 60000); t * 60000 <= to; t++) {
+        const m = byMinute.get(t);
+        out.push([t * 60000 + 30000, m ? m[key] : 0]);
+      }
+      return out;
+    };
     const card = (label, value) => h("div", { class: "card" }, h("div", { class: "label" }, label), h("div", { class: "value", "data-metric": label }, value));
     const body = h("div", {},
       h("h1", {}, `Overview of ${o.app}`),
       h("section", { class: "cards", "aria-label": "Right now" },
         card("Queued", o.queued), card("Deferred", o.deferred), card("Running", o.running), card("Workers alive", o.workers_alive)),
       h("section", { class: "charts", "aria-label": "The last hour, per minute" },
-        lineChart("Throughput", [{ name: "ended", values: pick("finished") }], from, to, "per min"),
-        lineChart("Failures", [{ name: "failed", values: pick("failed") }], from, to, "per min"),
+        lineChart("Throughput", [{ name: "ended", values: count("finished") }], from, to, "per min"),
+        lineChart("Failures", [{ name: "failed", values: count("failed") }], from, to, "per min"),
         lineChart("Run time", [{ name: "p50", values: pick("runtime_p50_ms") }, { name: "p95", values: pick("runtime_p95_ms") }], from, to, "ms"),
         lineChart("Pickup delay", [{ name: "p50", values: pick("pickup_p50_ms") }, { name: "p95", values: pick("pickup_p95_ms") }], from, to, "ms")));
     main.replaceChildren(body);
