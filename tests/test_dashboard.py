@@ -168,6 +168,8 @@ async def test_every_page_loads_without_console_errors(
             await t.goto()
             for name in PAGES:
                 await t.nav(name)
+                if name == "Workers":
+                    await expect(t.page.get_by_role("table")).to_contain_text("1 live worker")
                 shot = screenshots / f"{label}-{name.lower().replace(' ', '-')}.png"
                 await t.page.screenshot(path=str(shot), full_page=True)
             assert t.errors == [], t.errors
@@ -232,6 +234,9 @@ async def test_running_job_shows_progress_and_cancel_turns_it_cancelled(
         assert retried["kwargs"] == {"gate": str(gate)}
         gate.write_text("open")
         await expect(t.page.locator("#exec-status")).to_have_text("success", timeout=1000)
+        await t.page.get_by_role("button", name="Run again").click()
+        await expect(t.page.get_by_role("heading", level=1)).not_to_contain_text(new_id)
+        await expect(t.page.get_by_label("Metadata")).to_contain_text(f'"run_again_of": "{new_id}"')
         assert t.errors == [], t.errors
 
 
@@ -262,6 +267,9 @@ async def test_disable_stops_runs_and_the_page_says_so(
             assert await runs() <= settled + 1
             await asyncio.sleep(0.2)
         assert (await client.get(f"/tasks/{task_id}")).json()["enabled"] is False
+        await line.get_by_role("button", name="Enable").click()
+        await expect(line.locator(".state")).to_have_text("Enabled")
+        await eventually(runs, lambda n: n > settled + 1, timeout=10)  # it runs again
         assert t.errors == [], t.errors
 
 
