@@ -30,7 +30,7 @@ from agentsched.api.models_dashboard import (
     WorkerRead,
 )
 from agentsched.api.schedule_words import schedule_words
-from agentsched.db.stats import MinuteCache, last_runs
+from agentsched.db.stats import Bucket, MinuteCache, last_runs
 from agentsched.errors import Conflict, NotFound
 from agentsched.events import EventBus
 from agentsched.events.message import EventMessage
@@ -94,7 +94,7 @@ async def overview(
     )
 
 
-def _minute(bucket: Any) -> MinuteStats:
+def _minute(bucket: Bucket) -> MinuteStats:
     return MinuteStats(
         start=bucket.start,
         finished=bucket.finished,
