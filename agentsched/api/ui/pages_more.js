@@ -154,7 +154,8 @@ function eventsPage() {
     if (stopStream) stopStream();
     tbody.replaceChildren();
     shown = 0;
-    const q = new URLSearchParams();
+    // Stream ids start with their time in ms: begin a minute back, so the tail has context.
+    const q = new URLSearchParams({ from_id: `${Date.now() - 60000}-0` });
     for (const p of pattern.split(/[\s,]+/).filter(Boolean)) q.append("pattern", p);
     stopStream = followEvents(q.toString(), (batch) => {
       // Coalesced: one DOM update per batch, however many events arrived.
@@ -168,13 +169,13 @@ function eventsPage() {
       tbody.prepend(frag);
       while (tbody.rows.length > KEEP_EVENTS) tbody.deleteRow(-1);
       shown += batch.length;
-      count.textContent = `${shown} event${shown === 1 ? "" : "s"} since the page opened (the latest ${Math.min(shown, KEEP_EVENTS)} shown)`;
+      count.textContent = `${shown} event${shown === 1 ? "" : "s"} received, from one minute before you opened the page (the latest ${Math.min(shown, KEEP_EVENTS)} shown)`;
     }, { every: 250 });
   }
   return {
     async render(el) {
       tbody = h("tbody", {});
-      count = h("p", { role: "status" }, "Waiting for events…");
+      count = h("p", { role: "status" }, "No event in the last minute yet; waiting…");
       const patternInput = h("input", { id: "ev-pattern", value: pattern, autocomplete: "off" });
       const t = table("Live events, newest first", ["Time", "Type", "Source", "Target", "Payload"], []);
       t.querySelector("table").replaceChild(tbody, t.querySelector("tbody"));
