@@ -38,6 +38,7 @@ from agentsched.dev_state import (
 from agentsched.dev_supervisor import Child, describe_exit
 from agentsched.embedded_redis import HOST, EmbeddedRedis, port_is_free
 from agentsched.errors import ConfigError
+from agentsched.jobs.redis_checks import EMBEDDED_ENV
 from agentsched.jobs.runtime import Runtime
 from agentsched.settings import load_settings, mask_url
 
@@ -220,6 +221,8 @@ class Platform:
             AGENTSCHED_REDIS_URL=redis_url, AGENTSCHED_DATABASE_URL=db_url,
             AGENTSCHED_LOG_CONFIG=str(log_config),
         )  # fmt: skip
+        if self.redis is not None:  # keeps nothing on purpose: no persistence warning
+            base[EMBEDDED_ENV] = "1"
         return base
 
     async def wait_ready(self, apps: list[AppSpec], headers: dict[str, str]) -> bool:

@@ -38,6 +38,10 @@ class Keys:
         """Sorted set: worker id -> last heartbeat (ms)."""
         return f"{self.prefix}workers:{self.app}"
 
+    def worker_info(self, worker_id: str) -> str:
+        """Hash of one worker: `started` (ms), `running`, `done` (expires with it)."""
+        return f"{self.prefix}worker:{self.app}:{worker_id}"
+
     @property
     def settling(self) -> str:
         """Set for a moment after an outage: no recovery of leases that ran out meanwhile."""

@@ -52,7 +52,7 @@ from agentsched.observability import MetricsServer, logs, metrics, observe_proce
 from agentsched.registry import TaskDef, import_task_modules, registered
 from agentsched.scheduling.service import SchedulerService, load_tasks_files
 from agentsched.scheduling.tasks_file import check_app, parse_tasks_file
-from agentsched.serialization import dumps, dumps_str, loads
+from agentsched.serialization import dumps, dumps_str, loads, now_ms
 from agentsched.settings import Settings, get_settings
 from agentsched.status import ErrorKind
 
@@ -94,6 +94,8 @@ class JobRunner:
         self._recent: collections.OrderedDict[str, tuple[float, tuple[Any, ...]]] = (
             collections.OrderedDict()
         )
+        self.started_ms = now_ms()
+        self.done = 0  # jobs this worker finished (the dashboard's Workers page)
         self._loops: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[Any]] = set()
         self._recorder: Recorder | None = None
@@ -196,7 +198,11 @@ class JobRunner:
                 ids = list(self.running)
                 sent = time.monotonic()
                 async with asyncio.timeout(period):
-                    lost = await self.tracker.renew(ids, self.worker_id)
+                    lost = await self.tracker.renew(
+                        ids,
+                        self.worker_id,
+                        info={"started": self.started_ms, "running": len(ids), "done": self.done},
+                    )
                 for job_id in lost:
                     self._give_up(job_id, "its lease is held by another worker now")
                 renewed_until = sent + lease * LEASE_SAFETY
@@ -394,6 +400,7 @@ class JobRunner:
             progress_reports.current.reset(token)
             self.running.pop(job_id, None)
             self._job_tasks.pop(job_id, None)
+            self.done += 1
             metrics.attempt_ran(app, definition.name, time.perf_counter() - began)
             logs.unbind(bound)
         if job_id in self.rides.lost:

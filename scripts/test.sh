@@ -16,6 +16,7 @@ fi
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
 # --- extra system packages for tests go here (one line each) ---
+bash scripts/browser.sh  # Debian chromium for the dashboard's browser tests
 
 bash scripts/services.sh
 

@@ -137,7 +137,7 @@ async def test_list_filters_sorts_and_paginates_newest_first(client: httpx.Async
     both = await client.get("/executions", params=[("status", "queued"), ("status", "cancelled")])
     assert both.json()["total"] == 5
     none = await listed(client, task_id=str(uuid.uuid4()))
-    assert none == {"items": [], "total": 0, "limit": 50, "offset": 0}
+    assert none == {"items": [], "total": 0, "limit": 50, "offset": 0, "next_cursor": None}
 
 
 async def test_cancel_a_queued_execution_then_409_once_finished(
@@ -494,6 +494,13 @@ async def test_openapi_documents_every_endpoint_with_examples(
         "/functions": {"get"},
         "/health": {"get"},
         "/events/stream": {"get"},
+        "/overview": {"get"},
+        "/workers": {"get"},
+        "/schedule-outlook": {"get"},
+        "/dead-letters": {"get"},
+        "/dead-letters/{entry_id}/replay": {"post"},
+        "/executions/{execution_id}/retry": {"post"},
+        "/executions/{execution_id}/run-again": {"post"},
     }
     components = schema["components"]
     security = schema["paths"][f"{PREFIX}/executions"]["post"].get("security")

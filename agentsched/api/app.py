@@ -13,8 +13,10 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 from starlette.types import Message, Receive, Scope, Send
 
+from agentsched.api.docs import add_offline_docs
 from agentsched.api.errors import install_error_handlers
 from agentsched.api.lifespan import scheduler_lifespan
 from agentsched.api.router import scheduler_router
@@ -137,7 +139,9 @@ def create_app(
 
     `settings` default to the `AGENTSCHED_*` environment, read now: a bad value prints
     one line naming the variable and exits with status 1; `tasks_files` defaults to
-    `settings.tasks_file`. OpenAPI is served at `/openapi.json`, docs at `/docs`.
+    `settings.tasks_file`. OpenAPI is served at `/openapi.json`, docs at `/docs` and
+    `/redoc` (from packaged assets, so they work offline), the dashboard at
+    `/api/scheduler/ui/`, where `/` redirects.
     """
     if settings is None:
         try:
@@ -154,7 +158,15 @@ def create_app(
             f"`{settings.app}`. When AGENTSCHED_API_KEY is set every call needs `X-API-Key`."
         ),
         lifespan=scheduler_lifespan(settings, tasks_files=tasks_files),
+        docs_url=None,  # served below from packaged assets: FastAPI's load from a CDN
+        redoc_url=None,
     )
     install_error_handlers(app)
     app.include_router(scheduler_router, prefix=API_PREFIX)
+    add_offline_docs(app, assets=f"{API_PREFIX}/ui/vendor")
+    app.add_api_route("/", _to_dashboard, methods=["GET"], include_in_schema=False)
     return app
+
+
+async def _to_dashboard() -> RedirectResponse:
+    return RedirectResponse(f"{API_PREFIX}/ui/", status_code=307)

@@ -13,16 +13,21 @@ from __future__ import annotations
 from fastapi.routing import APIRoute
 
 from agentsched.api import (
+    routes_dashboard,
     routes_events,
     routes_executions,
     routes_metrics,
     routes_system,
     routes_tasks,
+    routes_ui,
 )
 from agentsched.api.deps import scheduler_router
 
 __all__ = ["scheduler_router"]
-ROUTE_MODULES = (routes_tasks, routes_executions, routes_system, routes_events, routes_metrics)
+ROUTE_MODULES = (
+    routes_tasks, routes_executions, routes_system, routes_events, routes_metrics,
+    routes_dashboard, routes_ui,
+)  # fmt: skip
 
 for _route in scheduler_router.routes:
     # The key is needed only when AGENTSCHED_API_KEY is set: `{}` as an alternative

@@ -6,6 +6,7 @@ registry, and nothing from a request is ever imported.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from enum import Enum, StrEnum
 from typing import Annotated, Literal
@@ -15,12 +16,26 @@ from fastapi import Query, Request, Response, status
 from agentsched.api.deps import State, router_path
 from agentsched.api.deps import scheduler_router as router
 from agentsched.api.errors import error_responses
-from agentsched.api.models import FUNCTION_PATTERN, ExecutionCreate, ExecutionRead, Page
+from agentsched.api.models import FUNCTION_PATTERN, ExecutionCreate, ExecutionRead
+from agentsched.api.models_dashboard import ExecutionPage, make_cursor, parse_cursor
 from agentsched.db.executions import SORTABLE
-from agentsched.errors import AlreadyFinished, Conflict
+from agentsched.errors import AlreadyFinished, Conflict, InvalidInput
 from agentsched.status import TaskStatus
 
 TAGS: list[str | Enum] = ["executions"]
+ID_PREFIX = r"^[0-9a-fA-F-]+$"
+# ISO 8601 with a zone, as a browser's toISOString() writes it (no epoch numbers).
+MOMENT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})$"
+
+
+def moment(field: str, value: str | None) -> dt.datetime | None:
+    """The datetime of an ISO 8601 query value; `InvalidInput(field)` if it is no date."""
+    if value is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(field, "is not a date and time") from None
 
 
 class ExecutionSort(StrEnum):
@@ -83,11 +98,29 @@ async def list_executions(
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     sort: Annotated[ExecutionSort, Query()] = ExecutionSort.ENQUEUED_AT,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
-) -> Page[ExecutionRead]:
+    since: Annotated[
+        str | None, Query(pattern=MOMENT, description="Enqueued at or after (ISO 8601, with zone)")
+    ] = None,
+    until: Annotated[
+        str | None, Query(pattern=MOMENT, description="Enqueued before (ISO 8601, with zone)")
+    ] = None,
+    id_prefix: Annotated[
+        str | None,
+        Query(min_length=1, max_length=36, pattern=ID_PREFIX, description="Ids starting with this"),
+    ] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=80, description="`next_cursor` of the previous page")
+    ] = None,
+) -> ExecutionPage:
     """A page of executions, newest first by default, as recorded in the database.
 
     Executions reach the database within tens of milliseconds of each status change.
+    Page deep histories with `cursor` (keyset: as fast on the last page as on the first)
+    rather than `offset`.
     """
+    after = parse_cursor(cursor) if cursor is not None else None
+    if after is not None and sort is not ExecutionSort.ENQUEUED_AT:
+        raise InvalidInput("cursor", "is only valid with sort=enqueued_at")
     items, total = await state.queue.list_executions(
         status=[s.value for s in status_ or ()],
         task_id=str(task_id) if task_id else None,
@@ -96,10 +129,16 @@ async def list_executions(
         offset=offset,
         sort=sort.value,
         descending=order == "desc",
+        since=moment("since", since),
+        until=moment("until", until),
+        id_prefix=id_prefix.lower() if id_prefix else None,
+        after=after,
     )
-    return Page[ExecutionRead](
-        items=[ExecutionRead.of(e) for e in items], total=total, limit=limit, offset=offset
-    )
+    last = items[-1] if len(items) == limit and sort is ExecutionSort.ENQUEUED_AT else None
+    return ExecutionPage(
+        items=[ExecutionRead.of(e) for e in items], total=total, limit=limit, offset=offset,
+        next_cursor=make_cursor(last.enqueued_at, last.id) if last and last.enqueued_at else None,
+    )  # fmt: skip
 
 
 @router.get(

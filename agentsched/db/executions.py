@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import delete, func, literal, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -240,9 +240,30 @@ class ExecutionStore:
         offset: int = 0,
         sort: str = "enqueued_at",
         descending: bool = True,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        id_prefix: str | None = None,
+        after: tuple[dt.datetime, str] | None = None,
     ) -> tuple[list[Execution], int]:
-        """A page of one app's executions (newest first by default) and the total count."""
-        where = [TaskExecution.app == app]
+        """A page of one app's executions (newest first by default) and the total count.
+
+        `since` / `until` bound `enqueued_at`; `id_prefix` matches the start of the id.
+        `after` is a keyset position `(enqueued_at, id)` of the last row of the previous
+        page (sort `enqueued_at` only): the page starts there through the index however
+        deep it is, where `offset` walks every row it skips. `total` ignores `after`.
+        """
+        T = TaskExecution
+        where = [T.app == app]
+        if since is not None:
+            where.append(T.enqueued_at >= since)
+        if until is not None:
+            where.append(T.enqueued_at < until)
+        if id_prefix:
+            # The range lets the primary key's index find the candidates (LIKE cannot use
+            # it outside the C collation); ids are lower-case hex and "-", all below "g".
+            escaped = id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where += [T.id >= id_prefix, T.id < id_prefix + "g"]
+            where.append(T.id.like(escaped + "%", escape="\\"))
         statuses = list(status)
         if statuses:
             where.append(TaskExecution.status.in_(statuses))
@@ -251,10 +272,21 @@ class ExecutionStore:
         if function is not None:
             where.append(TaskExecution.function == function)
         column = SORTABLE[sort]
+        keyset: list[Any] = []
+        if after is not None:
+            position = tuple_(T.enqueued_at, T.id)
+            mark = tuple_(literal(after[0], T.enqueued_at.type), literal(after[1], T.id.type))
+            keyset.append(position < mark if descending else position > mark)
+            # The same bound on the indexed column alone, which the planner can seek to.
+            stamp = literal(after[0], T.enqueued_at.type)
+            keyset.append(T.enqueued_at <= stamp if descending else T.enqueued_at >= stamp)
         query = (
             select(*_ROW)
-            .where(*where)
-            .order_by(column.desc() if descending else column.asc(), TaskExecution.id.desc())
+            .where(*where, *keyset)
+            .order_by(
+                column.desc() if descending else column.asc(),
+                T.id.desc() if descending else T.id.asc(),
+            )
             .limit(limit)
             .offset(offset)
         )

@@ -302,11 +302,15 @@ class Tracker:
         )
         return _text(out)
 
-    async def renew(self, execution_ids: list[str], worker: str) -> list[str]:
+    async def renew(
+        self, execution_ids: list[str], worker: str, info: dict[str, int] | None = None
+    ) -> list[str]:
         """Extend this worker's leases and record it as alive; returns the leases it lost.
 
         A lost lease belongs to another worker now (or the reaper ended the run): the
-        caller must stop that job and write nothing for it.
+        caller must stop that job and write nothing for it. `info` (start time, jobs
+        running and done) is kept for three leases under `Keys.worker_info`, for the
+        dashboard's Workers page.
         """
         k = self.keys
         args: list[str | int] = [
@@ -317,6 +321,11 @@ class Tracker:
             self._lease_ms,
         ]
         lost = await self._renew(keys=[k.workers], args=[*args, *execution_ids])
+        if info is not None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(k.worker_info(worker), mapping=info)
+                pipe.pexpire(k.worker_info(worker), 3 * int(self._lease_ms))
+                await pipe.execute()
         return [_text(i) for i in lost]
 
     async def reconcile(
