@@ -269,7 +269,8 @@ _KEEPALIVE: dict[int, int] = {
 
 def _retry_options(retry_seconds: float | None) -> dict[str, Any]:
     return {
-        "retry": OutageRetry(retry_seconds),
+        # 0: one try, nothing logged (a start-up probe says what failed itself).
+        "retry": Retry(NoBackoff(), 0) if retry_seconds == 0 else OutageRetry(retry_seconds),
         # Which errors redis-py lets reach the retry at all; OutageRetry then decides.
         "retry_on_error": [ConnectionError, TimeoutError, ResponseError, BusyLoadingError],
         "socket_connect_timeout": 5,

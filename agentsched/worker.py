@@ -13,7 +13,6 @@ died (`Tracker.reap`), the SQL recorder and the scheduler loop.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -23,23 +22,21 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 from arq.connections import RedisSettings
-from arq.jobs import DeserializationError, SerializationError
-from arq.worker import JobExecutionFailed, Retry, func
+from arq.worker import Retry, func
 
 from agentsched.connections import (
-    BACKOFF_CAP,
     OUTAGE,
     connection_pool,
-    describe,
-    is_transient,
 )
 from agentsched.errors import AgentschedError, ConfigError
 from agentsched.jobs import progress as progress_reports
+from agentsched.jobs.arq_endings import record_arq_ending
 from agentsched.jobs.arq_pool import CLAIM, RidingArqRedis, StatusRides
+from agentsched.jobs.leases import Leases
 from agentsched.jobs.reconciler import Reconciler
 from agentsched.jobs.recorder import Recorder
 from agentsched.jobs.redis_checks import warn_if_redis_can_lose_jobs
@@ -52,7 +49,7 @@ from agentsched.observability import MetricsServer, logs, metrics, observe_proce
 from agentsched.registry import TaskDef, import_task_modules, registered
 from agentsched.scheduling.service import SchedulerService, load_tasks_files
 from agentsched.scheduling.tasks_file import check_app, parse_tasks_file
-from agentsched.serialization import dumps, dumps_str, loads, now_ms
+from agentsched.serialization import dumps, dumps_str, loads
 from agentsched.settings import Settings, get_settings
 from agentsched.status import ErrorKind
 
@@ -61,11 +58,6 @@ log = logging.getLogger("agentsched.worker")
 INTERRUPT_SLACK = 3
 # arq's own timeout is a backstop behind the task timeout agentsched enforces itself.
 TIMEOUT_MARGIN = 5.0
-# A job whose lease was last renewed this share of a lease ago is stopped: the lease
-# itself may run out soon after, and then the reaper hands the job to another worker.
-LEASE_SAFETY = 0.8
-# Most recent ends kept for re-settling after Redis comes back empty.
-RECENT_MAX = 50_000
 # A shutdown waits this long at most for each step that needs Redis.
 SHUTDOWN_STEP = 5.0
 
@@ -85,23 +77,13 @@ class JobRunner:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.runtime: Runtime | None = None
         self.tracker: Tracker | None = None
-        # Running job id -> the monotonic time by which its lease must have been renewed
-        # again; past it the job is stopped (another worker may have taken it over).
-        self.running: dict[str, float] = {}
-        self._job_tasks: dict[str, asyncio.Task[Any]] = {}
-        # Ends this worker sent lately (job id -> (monotonic time, finish command)): if
-        # Redis comes back empty, their snapshots may never have reached SQL.
-        self._recent: collections.OrderedDict[str, tuple[float, tuple[Any, ...]]] = (
-            collections.OrderedDict()
-        )
-        self.started_ms = now_ms()
-        self.done = 0  # jobs this worker finished (the dashboard's Workers page)
         self._loops: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[Any]] = set()
         self._recorder: Recorder | None = None
         self._scheduler: SchedulerService | None = None
         self._metrics: MetricsServer | None = None
         self.rides = StatusRides()
+        self.leases = Leases(settings, self.rides, self.worker_id, self._spawn)
 
     # --- lifecycle -------------------------------------------------------------------
     async def startup(self, ctx: dict[str, Any]) -> None:
@@ -118,9 +100,10 @@ class JobRunner:
         await warn_if_redis_can_lose_jobs(self.tracker.redis)
         self.rides.tracker = self.tracker
         self.rides.worker = self.worker_id
-        self.rides.orphaned = self._orphaned
-        self.rides.finished = self._remember
-        OUTAGE.on_recovered.append(self._after_outage)
+        self.leases.attach(self.runtime, self.tracker)
+        self.rides.orphaned = self.leases.orphaned
+        self.rides.finished = self.leases.remember
+        OUTAGE.on_recovered.append(self.leases.after_outage)
         self._recorder = Recorder(
             self.runtime.redis,
             self.runtime.executions,
@@ -128,8 +111,8 @@ class JobRunner:
             batch=self.settings.record_batch,
         )
         self._recorder.start()
-        self._loops.append(asyncio.create_task(self._maintain(), name="agentsched-lease"))
-        self._loops.append(asyncio.create_task(self._watchdog(), name="agentsched-watchdog"))
+        self._loops.append(asyncio.create_task(self.leases.maintain(), name="agentsched-lease"))
+        self._loops.append(asyncio.create_task(self.leases.watchdog(), name="agentsched-watchdog"))
         if self.settings.reconcile_seconds > 0:
             reconciler = Reconciler(
                 self.runtime, self.tracker, owner=self.worker_id, count=metrics.count_reconciled
@@ -157,8 +140,8 @@ class JobRunner:
         )
 
     async def shutdown(self, ctx: dict[str, Any]) -> None:
-        if self._after_outage in OUTAGE.on_recovered:
-            OUTAGE.on_recovered.remove(self._after_outage)
+        if self.leases.after_outage in OUTAGE.on_recovered:
+            OUTAGE.on_recovered.remove(self.leases.after_outage)
         if self._scheduler is not None:
             await self._scheduler.stop()
         for loop in self._loops:
@@ -184,138 +167,11 @@ class JobRunner:
         if self.runtime is not None:
             await self.runtime.close()
 
-    async def _maintain(self) -> None:
-        """Renew leases of running jobs and recover jobs whose worker died.
-
-        Through a Redis outage each call gives up after one period (the connection
-        layer logs the outage once); the watchdog stops jobs whose lease ran out.
-        """
-        assert self.tracker is not None
-        lease = self.settings.lease_seconds
-        period = lease / 3
-        while True:
-            try:
-                ids = list(self.running)
-                sent = time.monotonic()
-                async with asyncio.timeout(period):
-                    lost = await self.tracker.renew(
-                        ids,
-                        self.worker_id,
-                        info={"started": self.started_ms, "running": len(ids), "done": self.done},
-                    )
-                for job_id in lost:
-                    self._give_up(job_id, "its lease is held by another worker now")
-                renewed_until = sent + lease * LEASE_SAFETY
-                for job_id in ids:
-                    if job_id in self.running and job_id not in lost:
-                        self.running[job_id] = max(self.running[job_id], renewed_until)
-                async with asyncio.timeout(period):
-                    recovered = await self.tracker.reap()
-                if recovered:
-                    log.warning(
-                        "recovered %d job(s) from a lost worker: %s",
-                        len(recovered),
-                        ", ".join(recovered),
-                    )
-            except asyncio.CancelledError:
-                raise
-            except TimeoutError:
-                pass  # Redis is not answering: logged once by the connection layer
-            except Exception as exc:
-                if not is_transient(exc):
-                    log.error("lease renewal failed: %s", describe(exc))
-            await asyncio.sleep(period)
-
-    async def _watchdog(self) -> None:
-        """Stop a job before its lease can expire unrenewed, so no two workers run it."""
-        tick = self.settings.lease_seconds / 20
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            for job_id, deadline in list(self.running.items()):
-                if now >= deadline:
-                    self._give_up(job_id, "its lease could not be renewed (Redis unreachable)")
-
-    def _give_up(self, job_id: str, why: str) -> None:
-        """Cancel a running job and make sure nothing of it reaches Redis from here."""
-        self.running.pop(job_id, None)
-        self.rides.lost.add(job_id)
-        self.rides.finishes.pop(job_id, None)
-        task = self._job_tasks.pop(job_id, None)
-        if task is not None:
-            task.cancel()
-        log.warning("job %s stopped on this worker: %s; another worker runs it", job_id, why)
-
-    def _remember(self, job_id: str, command: tuple[Any, ...]) -> None:
-        """Keep a finish for as long as the reconciler could still act on a lost one."""
-        now = time.monotonic()
-        horizon = now - (2 * self.settings.reconcile_seconds + 2 * self.settings.lease_seconds)
-        recent = self._recent
-        recent[job_id] = (now, command)
-        while recent and (len(recent) > RECENT_MAX or next(iter(recent.values()))[0] < horizon):
-            recent.popitem(last=False)
-
-    def _after_outage(self) -> None:
-        """Redis is back: tell SQL the recent ends a restart without persistence lost."""
-        task = asyncio.get_running_loop().create_task(self._resettle_recent())
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` beside the jobs; shutdown waits for it (a bounded time)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
-
-    async def _resettle_recent(self) -> None:
-        """Send again the ends Redis may have lost (a restart, a failover to a replica).
-
-        First, every worker holds off recovering expired leases for a moment, so a job
-        that finished here is not re-run because its end never reached the new Redis.
-        """
-        assert self.tracker is not None
-        tracker = self.tracker
-        hold_ms = int((2 * self.settings.lease_seconds + BACKOFF_CAP) * 1000)
-        recent = list(self._recent.items())
-        try:
-            await tracker.redis.set(tracker.keys.settling, self.worker_id, px=hold_ms)
-            async with tracker.redis.pipeline(transaction=False) as pipe:
-                for job_id, _ in recent:
-                    pipe.hget(tracker.keys.execution(job_id), "status")
-                statuses = await pipe.execute()
-            resent = 0
-            for (job_id, (_, command)), status in zip(recent, statuses, strict=True):
-                if status is None:
-                    await self._settle_in_sql(job_id, command)
-                elif status not in (b"success", b"failed", b"cancelled"):
-                    await tracker.run_command(command)  # the finish script, idempotent
-                    resent += 1
-            if resent:
-                log.warning("re-sent %d job end(s) the new Redis did not have", resent)
-        except Exception as exc:
-            log.warning("cannot re-send recent job ends after the outage: %s", describe(exc))
-
-    def _orphaned(self, job_id: str, command: tuple[Any, ...]) -> None:
-        """A finish found its execution gone from Redis (restarted empty): tell SQL."""
-        task = asyncio.get_running_loop().create_task(self._settle_in_sql(job_id, command))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _settle_in_sql(self, job_id: str, command: tuple[Any, ...]) -> None:
-        assert self.runtime is not None
-        # finish_command's arguments after the key: id, now, status, result, error, kind,
-        # next attempt, worker, defer.
-        _id, _now, status, result, error, kind, next_attempt = command[4:11]
-        try:
-            await self.runtime.executions.settle(
-                job_id,
-                status=status,
-                result=result or None,
-                error=error or None,
-                error_kind=kind or None,
-                attempt=int(next_attempt) if status == "queued" else None,
-            )
-            log.warning(
-                "job %s ended %s after Redis lost its record; written to SQL directly",
-                job_id,
-                status,
-            )
-        except Exception as exc:
-            log.error("cannot record the end of job %s in SQL: %s", job_id, describe(exc))
 
     # --- running a job ---------------------------------------------------------------
     def wrap(self, definition: TaskDef) -> Callable[..., Awaitable[Any]]:
@@ -356,10 +212,7 @@ class JobRunner:
         if status != "running":
             log.debug("job %s not run: its record says %s", job_id, status)
             return None  # cancelled (or already finished) before it started
-        self.running[job_id] = time.monotonic() + self.settings.lease_seconds * LEASE_SAFETY
-        task = asyncio.current_task()
-        if task is not None:
-            self._job_tasks[job_id] = task
+        self.leases.hold(job_id)
         app, began = self.settings.app, time.perf_counter()
         metrics.picked_up(app, time.time() - ctx["score"] / 1000)
         span = tracing.run_span(definition.name, app, job_id, attempt)
@@ -398,9 +251,7 @@ class JobRunner:
             return await self._failed(definition, job_id, attempt, kind, error)
         finally:
             progress_reports.current.reset(token)
-            self.running.pop(job_id, None)
-            self._job_tasks.pop(job_id, None)
-            self.done += 1
+            self.leases.release(job_id)
             metrics.attempt_ran(app, definition.name, time.perf_counter() - began)
             logs.unbind(bound)
         if job_id in self.rides.lost:
@@ -493,53 +344,9 @@ class JobRunner:
     # --- arq's own endings, seen through the serializer --------------------------------
     def serialize(self, data: dict[str, Any]) -> bytes:
         if data.get("s") is False and "id" in data and self.tracker is not None:
-            task = asyncio.get_running_loop().create_task(self._record_arq_failure(data))
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
+            self.rides.started.pop(str(data["id"]), None)
+            self._spawn(record_arq_ending(self.tracker, self.settings.app, data))
         return dumps(data)
-
-    async def _record_arq_failure(self, data: dict[str, Any]) -> None:
-        assert self.tracker is not None
-        self.rides.started.pop(str(data["id"]), None)
-        exc = data.get("r")
-        status, kind = "failed", ErrorKind.EXCEPTION
-        message = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, asyncio.CancelledError):
-            status, kind, message = "cancelled", ErrorKind.EXCEPTION, ""
-        elif isinstance(exc, DeserializationError | SerializationError):
-            kind = ErrorKind.DESERIALIZATION
-            message = "DeserializationError: the job payload is not agentsched JSON"
-        elif isinstance(exc, JobExecutionFailed):
-            text = str(exc)
-            if "expired" in text:
-                kind = ErrorKind.EXPIRED
-            elif "not found" in text:
-                kind, message = (
-                    ErrorKind.UNKNOWN_FUNCTION,
-                    f"UnknownFunction: {data.get('f')!r} is not a registered task",
-                )
-            elif "retries" in text:
-                kind = ErrorKind.WORKER_LOST
-        expired = kind is ErrorKind.EXPIRED
-        function = data.get("f") if isinstance(data.get("f"), str) else "<unknown>"
-        log.warning("job %s (%s) ended by the worker: %s", data["id"], function, kind.value)
-        label = str(function) if function in registered() else "<unknown>"  # bounded labels
-        metrics.finished(self.settings.app, label, status, kind.value)
-        try:
-            await self.tracker.fail_outside(
-                str(data["id"]),
-                status,
-                error=message,
-                error_kind=kind.value,
-                function=str(function),
-                args=data.get("a") or (),
-                kwargs=data.get("k") or {},
-                enqueued_ms=int(data.get("et") or 0),
-                attempt=int(data.get("t") or 1),
-                only_if_known=expired,
-            )
-        except Exception as exc2:
-            log.error("cannot record the end of job %s: %s", data["id"], exc2)
 
     @staticmethod
     def deserialize(payload: bytes) -> dict[str, Any]:

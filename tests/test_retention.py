@@ -27,7 +27,7 @@ def row(app: str, status: str, ended_days_ago: float | None, **extra: Any) -> di
         "status": status, "args": [], "kwargs": {}, "result": None, "error": None,
         "error_kind": None, "attempt": 1, "max_tries": 1, "scheduled_for": None,
         "enqueued_at": enqueued, "started_at": None, "finished_at": finished, "meta": {},
-        "seq": 3, "progress": None, "progress_message": None,
+        "seq": 3, "progress": None, "progress_message": None, "due_at": None,
     } | extra  # fmt: skip
 
 

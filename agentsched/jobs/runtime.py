@@ -14,7 +14,7 @@ from typing import Self
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentsched.connections import describe, redis_client
+from agentsched.connections import redis_client
 from agentsched.db.engine import open_database
 from agentsched.db.executions import ExecutionStore
 from agentsched.errors import ServiceUnavailable
@@ -31,15 +31,16 @@ async def open_redis(
     first PING waits at most `first_wait`, so a Redis that is down at start-up stops
     the process with one line.
     """
-    client = redis_client(url, retry_seconds=retry_seconds, health_check_interval=30)
+    probe = redis_client(url, retry_seconds=0)
     try:
         async with asyncio.timeout(max(first_wait, 0.1)):
-            await client.ping()
+            await probe.ping()
     except Exception as exc:
-        await client.aclose()
-        reason = "no answer" if isinstance(exc, TimeoutError) else describe(exc)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ServiceUnavailable("Redis", mask_url(url), reason) from None
-    return client
+    finally:
+        await probe.aclose()
+    return redis_client(url, retry_seconds=retry_seconds, health_check_interval=30)
 
 
 class Runtime:
