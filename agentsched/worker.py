@@ -44,7 +44,6 @@ from agentsched.jobs.retention import run_retention
 from agentsched.jobs.runtime import Runtime
 from agentsched.jobs.tracker import Encoded, Tracker
 from agentsched.keys import Keys
-from agentsched.logs import configure_logging, keep_argument_values_out
 from agentsched.observability import MetricsServer, logs, metrics, observe_process, tracing
 from agentsched.registry import TaskDef, import_task_modules, registered
 from agentsched.scheduling.service import SchedulerService, load_tasks_files
@@ -87,7 +86,7 @@ class JobRunner:
 
     # --- lifecycle -------------------------------------------------------------------
     async def startup(self, ctx: dict[str, Any]) -> None:
-        keep_argument_values_out()  # also for workers built in-process
+        logs.keep_argument_values_out()  # also for workers built in-process
         if self.settings.log_level != "DEBUG":
             # arq logs every job start and end; at thousands of jobs per second that
             # costs more than the job. agentsched logs failures and retries itself.
@@ -428,7 +427,7 @@ def worker_settings_for_cli() -> type:
     """
     try:
         settings = get_settings()
-        configure_logging(settings.log_level)  # agentsched's INFO lines show; no arg values
+        logs.configure_logging(settings.log_level)  # agentsched's INFO lines show; no arg values
         built = build_worker_settings(settings)
         for path in settings.tasks_file:
             check_app(parse_tasks_file(path, check_functions=True), settings.app, "AGENTSCHED_APP")

@@ -15,7 +15,7 @@ import pytest
 
 from agentsched.jobs.queue import TaskQueue
 from agentsched.jobs.runtime import Runtime
-from agentsched.logs import redact_arguments
+from agentsched.observability.logs import redact_arguments
 from agentsched.registry import import_task_modules
 from agentsched.scheduling.rules import MAX_COUNTED, parse_spec, plan_fires
 from agentsched.scheduling.service import Scheduler, SchedulerService

@@ -57,7 +57,7 @@ def test_text_lines_keep_the_fields_briefly() -> None:
 
 def test_arq_job_line_loses_its_arguments() -> None:
     line = record("%6.2fs → %s(%s)%s", 0.01, "id:mod.add", "a=424242", "")
-    assert logs.HideArqArguments().filter(line)
+    assert logs.ArgumentRedactor().filter(line)
     assert "424242" not in line.getMessage() and "id:mod.add" in line.getMessage()
 
 

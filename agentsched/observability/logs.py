@@ -7,14 +7,24 @@ execution around each attempt (`bind` / `unbind`); plain-def tasks run in a thre
 that inherits the binding. config/logging.yaml names this formatter; `install` puts it
 on the process's handlers when JSON is asked for and none uses it yet.
 
-Argument values are never logged: agentsched's own messages name functions and ids
-only, and `install` blanks the argument list out of arq's per-job line (shown at DEBUG).
+The logging rules of agentsched processes:
+
+* agentsched's own lines (``agentsched.*``: scheduler decisions, recoveries, outages)
+  reach the worker's output at ``AGENTSCHED_LOG_LEVEL``, even under plain
+  ``arq agentsched.WorkerSettings``, whose logging setup only gives arq's logger a
+  handler (`configure_logging`). A fallback handler prints them while the root logger
+  has none; once the application configures logging, they go there.
+* Argument values are never logged, at any level. agentsched's own messages name
+  functions and ids only, and arq's job-start line (``→ <id>:<function>(<args>)``) is
+  rewritten to keep the execution id, the function and the keyword names only:
+  ``sec.echo(…, api_key=…, password=…)`` (`ArgumentRedactor`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from contextvars import ContextVar, Token
 from typing import Any
 
@@ -24,8 +34,9 @@ from agentsched.errors import ConfigError
 
 # (execution id, function, attempt) of the attempt running in this context.
 _current: ContextVar[tuple[str, str, int] | None] = ContextVar("agentsched_log", default=None)
-_ARQ_START = "→"  # arq.worker's "t → ref(args) extra" line carries argument values
-REDACTED = "…"
+_ARQ_START = "%6.2fs → %s(%s)%s"  # arq.worker's job-start line; its 3rd value holds the args
+_KEYWORD = re.compile(r"(?:^|, )([A-Za-z_][A-Za-z0-9_]*)=")
+_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def bind(execution_id: str, function: str, attempt: int) -> Token[tuple[str, str, int] | None]:
@@ -101,20 +112,51 @@ class Formatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
-class HideArqArguments(logging.Filter):
-    """Blanks the argument list out of arq's per-job start line."""
+def redact_arguments(rendered: str) -> str:
+    """`a, b, key='v'` (arq's rendering) as `…, key=…`: names only, never a value."""
+    if not rendered:
+        return ""
+    names = [f"{name}=…" for name in _KEYWORD.findall(rendered)]
+    positional = not _KEYWORD.match(rendered)
+    return ", ".join((["…"] if positional else []) + names)
+
+
+class ArgumentRedactor(logging.Filter):
+    """Drops argument values from arq's job-start line (installed on ``arq.worker``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if (
-            isinstance(record.msg, str)
-            and _ARQ_START in record.msg
-            and isinstance(record.args, tuple)
-            and len(record.args) >= 3
-        ):
-            args = list(record.args)
-            args[2] = REDACTED
-            record.args = tuple(args)
+        if record.msg == _ARQ_START and isinstance(record.args, tuple) and len(record.args) == 4:
+            waited, ref, rendered, extra = record.args
+            record.args = (waited, ref, redact_arguments(str(rendered)), extra)
+        elif "→" in str(record.msg):  # an arq release changed the line: keep values out
+            record.msg, record.args = "job started (arguments not logged)", ()
         return True
+
+
+def keep_argument_values_out() -> None:
+    """Install `ArgumentRedactor` on arq's worker logger (idempotent)."""
+    arq_worker = logging.getLogger("arq.worker")
+    if not any(isinstance(f, ArgumentRedactor) for f in arq_worker.filters):
+        arq_worker.addFilter(ArgumentRedactor())
+
+
+class _UntilConfigured(logging.StreamHandler):  # type: ignore[type-arg]
+    """Prints agentsched's records only while the root logger has no handler."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
+
+
+def configure_logging(level: str) -> None:
+    """agentsched's own lines at `level`, shown even without a root handler (idempotent)."""
+    logger = logging.getLogger("agentsched")
+    logger.setLevel(level)
+    if not any(isinstance(h, _UntilConfigured) for h in logger.handlers):
+        handler = _UntilConfigured()
+        handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
+        logger.addHandler(handler)
+    keep_argument_values_out()
 
 
 def install(log_format: str, app: str) -> None:
@@ -123,9 +165,7 @@ def install(log_format: str, app: str) -> None:
     A root logger without handlers (arq's default logging config) gets one on stderr,
     so agentsched's own lines come out as JSON too.
     """
-    arq_worker = logging.getLogger("arq.worker")
-    if not any(isinstance(f, HideArqArguments) for f in arq_worker.filters):
-        arq_worker.addFilter(HideArqArguments())
+    keep_argument_values_out()
     if log_format != "json":
         return
     root = logging.getLogger()
