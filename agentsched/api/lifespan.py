@@ -66,10 +66,11 @@ async def agentsched_context(
     recorder: Recorder | None = None
     observed = observe_process(settings, runtime.redis)  # metrics port, log format, tracing
     try:
-        await warn_if_redis_can_lose_jobs(runtime.redis)
         files = list(settings.tasks_file if tasks_files is None else tasks_files)
         if files:
             await load_tasks_files(runtime, files)
+        # Once the start has succeeded: a bad tasks file is the only line it prints.
+        await warn_if_redis_can_lose_jobs(runtime.redis)
         if record:
             recorder = Recorder(
                 runtime.redis, runtime.executions, runtime.tracker().keys.records,
