@@ -141,6 +141,8 @@ async def _tail(args: argparse.Namespace, redis_url: str | None, from_id: str) -
     if redis_url is not None:
         settings = settings.model_copy(update={"redis_url": redis_url})
     async with EventBus(settings=settings) as bus:
+        if from_id == "$":  # pinned before saying so: what is published next is shown
+            from_id = await bus.newest_id()
         print(f"agentsched: following events at {mask_url(settings.redis_url)} (Ctrl-C stops)",
               file=sys.stderr, flush=True)  # fmt: skip
         async for event in bus.tail(*args.patterns, from_id=from_id):

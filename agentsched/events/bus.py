@@ -382,15 +382,20 @@ class EventBus:
         check_stream_id("from_id", from_id)
         return self._tail(matcher(patterns), from_id, block_ms or self.block_ms)
 
+    async def newest_id(self) -> str:
+        """The id of the stream's newest entry ("0-0" when empty): `from_id` for "now",
+        pinned, so a tail started from it sees every event published after this call."""
+        try:
+            newest = await self._client().xrevrange(self.stream, count=1)
+        except TRANSIENT as exc:
+            raise self._unavailable(exc) from None
+        return to_str(newest[0][0]) if newest else "0-0"
+
     async def _tail(
         self, match: Callable[[str], bool], last: str, block_ms: int
     ) -> AsyncIterator[list[EventMessage]]:
         if last == "$":  # pin "now" to an id: a later `$` would skip events between reads
-            try:
-                newest = await self._client().xrevrange(self.stream, count=1)
-            except TRANSIENT as exc:
-                raise self._unavailable(exc) from None
-            last = to_str(newest[0][0]) if newest else "0-0"
+            last = await self.newest_id()
         delay = 0.1
         while not self._stopped:
             self._tails += 1
