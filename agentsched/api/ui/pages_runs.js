@@ -53,7 +53,29 @@ function progressCell(e) {
 }
 
 function executionsPage() {
-  let main = null, tbody = null, rows = new Map(), refresh = null;
+  let main = null, tbody = null, rows = new Map(), refresh = null, tries = 0;
+  // Executions seen on the bus but not yet in the history (the recorder writes SQL a
+  // moment after the event): their latest event, applied once a reload shows them.
+  const unseen = new Map();
+  function update(tr, p) {
+    if (p.status) tr.querySelector(".status").replaceChildren(statusBadge(p.status));
+    if (p.attempt) tr.querySelector(".attempt").textContent = p.attempt;
+    if (p.progress !== undefined && p.progress !== null) tr.querySelector(".progress").replaceChildren(progressCell({ id: p.execution_id, progress: p.progress }));
+  }
+  // One reload per 500 ms at most; while some are still missing, up to 10 more.
+  function later() {
+    if (refresh) return;
+    refresh = setTimeout(async () => {
+      try { await load(); } catch (err) { /* the next event or retry tries again */ }
+      refresh = null;
+      for (const [id, p] of unseen) {
+        const tr = rows.get(id);
+        if (tr) { update(tr, p); unseen.delete(id); }
+      }
+      if (unseen.size && ++tries <= 10) later();
+      else { unseen.clear(); tries = 0; }
+    }, 500);
+  }
   async function load() {
     const s = historyState;
     const q = new URLSearchParams({ limit: "50" });
@@ -117,21 +139,17 @@ function executionsPage() {
       await load();
     },
     onEvents(batch) {
-      let fresh = false;
       for (const ev of batch) {
         const p = ev.payload || {};
+        if (!p.execution_id) continue;
         const tr = rows.get(p.execution_id);
         if (tr) {
-          if (p.status) tr.querySelector(".status").replaceChildren(statusBadge(p.status));
-          if (p.attempt) tr.querySelector(".attempt").textContent = p.attempt;
-          if (p.progress !== undefined && p.progress !== null) tr.querySelector(".progress").replaceChildren(progressCell({ id: p.execution_id, progress: p.progress }));
-        } else if (ev.event_type === "task.queued") {
-          fresh = true;
+          update(tr, p);
+        } else if (historyState.page === 0 && (ev.event_type === "task.queued" || unseen.has(p.execution_id))) {
+          unseen.set(p.execution_id, { ...(unseen.get(p.execution_id) || {}), ...p });
         }
       }
-      if (fresh && historyState.page === 0 && !refresh) {
-        refresh = setTimeout(() => { refresh = null; load().catch(() => {}); }, 500);
-      }
+      if (unseen.size) later();
     },
     stop() { clearTimeout(refresh); },
   };
