@@ -22,7 +22,13 @@ import redis
 import yaml
 
 from agentsched.cli import build_parser
-from agentsched.dev import HINT, RUN_ON_READY, discover_apps, load_log_config
+from agentsched.dev import (
+    HINT,
+    METRICS_PORT_OFFSET,
+    RUN_ON_READY,
+    discover_apps,
+    load_log_config,
+)
 from agentsched.dev_state import read_env_file
 from agentsched.dev_supervisor import CrashPolicy, describe_exit
 from agentsched.embedded_redis import EmbeddedRedis, free_port, port_is_free
@@ -33,10 +39,15 @@ APP_NAMES = ["aiops-bot", "email-agent", "rag-chat", "scraper-agent", "support-b
 
 
 def free_port_run(count: int = len(APP_NAMES)) -> int:
-    """A base port such that base .. base+count-1 are all free."""
+    """A base port such that base .. base+count-1 (and their metrics ports) are all free.
+
+    Below the kernel's ephemeral range (32768 up), so no port-0 bind or outgoing
+    connection of a test running beside this one takes a port between check and use.
+    """
     for _ in range(200):
-        base = random.randrange(20_000, 50_000)
-        if all(port_is_free(base + i) for i in range(count)):
+        base = random.randrange(10_000, 32_768 - METRICS_PORT_OFFSET - count)
+        ports = [base + i for i in range(count)]
+        if all(port_is_free(p) and port_is_free(p + METRICS_PORT_OFFSET) for p in ports):
             return base
     raise RuntimeError("no run of free ports")
 
