@@ -127,14 +127,19 @@ async def stream_events(
     clients send `Last-Event-ID` and get what they missed, while the stream still holds it.
     """
     bus = EventBus(state.settings.app, settings=state.settings, redis=state.runtime.redis)
+    start = last_event_id or from_id
     try:  # before the response starts: a bad value is still a 422
-        chunks = sse_stream(bus, pattern, last_event_id or from_id)
+        chunks = sse_stream(bus, pattern, start)
     except InvalidEvent as exc:
         names = {"patterns": "pattern", "from_id": "last-event-id" if last_event_id else "from_id"}
         raise InvalidEvent(names.get(exc.field, exc.field), exc.message) from None
     _acquire(state.settings.max_event_streams)  # over the cap: a JSON 503
     try:
         await bus.start()  # Redis down: 503 now rather than a stream that breaks
+        if start == "$":
+            # "Now" is when the request came, not when the body starts: a client that
+            # has its response headers sees every event published after them.
+            chunks = sse_stream(bus, pattern, await bus.newest_id())
         return EventStreamResponse(_relay(bus, chunks), headers=HEADERS)
     except BaseException:
         _release()

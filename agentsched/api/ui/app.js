@@ -40,11 +40,17 @@ async function route() {
 async function start() {
   window.addEventListener("hashchange", () => { route(); document.getElementById("main").focus({ preventScroll: true }); });
   if (!location.hash) history.replaceState(null, "", "#/overview");
+  // The stream first: once it answers, every later event reaches the page, so nothing
+  // happens between the page's first data and its first event unseen. (At most 3 s:
+  // a page without its stream still shows its data.)
+  const live = document.getElementById("live");
+  let connected;
+  const open = new Promise((resolve) => { connected = resolve; });
+  followEvents("pattern=task.*", (batch) => { if (current) current.onEvents(batch); },
+    { every: 200, onState: (up) => { live.textContent = up ? "live" : "reconnecting"; live.className = up ? "live up" : "live"; if (up) connected(); } });
+  await Promise.race([open, new Promise((r) => setTimeout(r, 3000))]);
   await route();
   api("GET", "health").then((hh) => { document.getElementById("app-name").textContent = hh.app; }).catch(() => {});
-  const live = document.getElementById("live");
-  followEvents("pattern=task.*", (batch) => { if (current) current.onEvents(batch); },
-    { every: 200, onState: (up) => { live.textContent = up ? "live" : "reconnecting"; live.className = up ? "live up" : "live"; } });
 }
 
 start();
