@@ -41,7 +41,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def store(store_url: str) -> Any:
     engine = await open_database(store_url)
-    yield ExecutionStore(engine)
+    store = ExecutionStore(engine)
+    yield store
+    await store.close()
     await engine.dispose()
 
 

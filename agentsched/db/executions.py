@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentsched.db.held import HeldConnection
 from agentsched.db.models import TaskExecution
 from agentsched.execution import Execution, RawJSON, from_row
 from agentsched.status import TERMINAL
@@ -96,6 +97,12 @@ class ExecutionStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._stmt = _upsert(engine.dialect.name)
+        self._held = HeldConnection(engine) if engine.dialect.name == "postgresql" else None
+
+    async def close(self) -> None:
+        """Give back the connection held for writes (before the engine is disposed)."""
+        if self._held is not None:
+            await self._held.close()
 
     async def upsert_many(self, rows: Sequence[dict[str, Any]]) -> int:
         """Write snapshots (newest per id wins); returns how many rows were sent."""
@@ -136,16 +143,13 @@ class ExecutionStore:
         # asyncpg's executemany pipelines the whole batch in C; SQLAlchemy's generic
         # path costs more CPU per row than the worker spends running a no-op job.
         values = [_pg_row(row) for row in batch]
-        async with self.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            try:
-                async with driver.transaction():
-                    await driver.executemany(_PG_UPSERT, values)
-            except asyncpg.IntegrityConstraintViolationError as exc:
-                raise IntegrityError(_PG_UPSERT, None, exc) from exc
-            except asyncpg.DataError as exc:
-                raise DataError(_PG_UPSERT, None, exc) from exc
+        assert self._held is not None
+        try:
+            await self._held.executemany(_PG_UPSERT, values)
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise IntegrityError(_PG_UPSERT, None, exc) from exc
+        except asyncpg.DataError as exc:
+            raise DataError(_PG_UPSERT, None, exc) from exc
 
     async def prune(self, app: str, before: dt.datetime, *, batch: int = 5_000) -> int:
         """Delete one app's executions that ended before `before`; returns how many.

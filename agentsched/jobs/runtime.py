@@ -100,6 +100,9 @@ class Runtime:
         return self
 
     async def close(self) -> None:
+        if self._executions is not None:
+            await self._executions.close()
+            self._executions = None
         if self._engine is not None and self._own_engine:
             await self._engine.dispose()
             self._engine = None
