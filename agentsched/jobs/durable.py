@@ -11,6 +11,7 @@ Once the row is in SQL, the reconciler guarantees the job reaches Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from agentsched.db.executions import ExecutionStore
@@ -46,22 +47,47 @@ def queued_row(execution: Execution, due_ms: int) -> dict[str, Any]:
 
 
 class GroupCommit:
-    """Writes rows to SQL, many callers per commit; `write` returns once committed."""
+    """Writes rows to SQL, many callers per commit; `write` returns once committed.
+
+    A caller says `expect()` before its Redis step and then either `write(row)` or
+    `forget()`. A commit about to start waits (at most `GATHER_S`) for the rows of
+    callers still in their Redis step: concurrent enqueues resume together after a
+    commit, and without the wait the first of them would commit alone.
+    """
+
+    GATHER_S = 0.002
 
     def __init__(self, store: ExecutionStore) -> None:
         self.store = store
         self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._expected = 0
+        self._all_in = asyncio.Event()
+
+    def expect(self) -> None:
+        self._expected += 1
+        self._all_in.clear()
+
+    def forget(self) -> None:
+        self._expected -= 1
+        if self._expected <= 0:
+            self._expected = 0
+            self._all_in.set()
 
     async def write(self, row: dict[str, Any]) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((row, done))
+        self.forget()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._commit_all())
         await asyncio.shield(done)
 
     async def _commit_all(self) -> None:
         while self._waiting:
+            if self._expected:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.GATHER_S):
+                        await self._all_in.wait()
             batch, self._waiting = self._waiting, []
             try:
                 # A newer snapshot the recorder wrote first wins (upserts compare seq).

@@ -195,6 +195,12 @@ class TaskQueue:
             enqueued_at=dt.datetime.fromtimestamp(now, dt.UTC),
         )
         score = int((now + seconds) * 1000)
+        commit: GroupCommit | None = None
+        if self.settings.durable_enqueue if durable is None else durable:
+            if self._group_commit is None:
+                self._group_commit = GroupCommit(self._runtime.executions)
+            commit = self._group_commit
+            commit.expect()
         try:
             created, ident = await self.tracker.enqueue(
                 execution,
@@ -202,20 +208,20 @@ class TaskQueue:
                 job_ttl_ms=int(seconds * 1000) + expires_extra_ms,
                 idempotency_key=idempotency_key,
             )
-        except RedisError as exc:
+        except BaseException as exc:
             tracing.end(span, exc)
-            if not is_transient(exc):
+            if commit is not None:
+                commit.forget()
+            if not isinstance(exc, RedisError) or not is_transient(exc):
                 raise
             url = mask_url(self.settings.redis_url)
             raise ServiceUnavailable("Redis", url, describe(exc)) from None
-        except BaseException as exc:
-            tracing.end(span, exc)
-            raise
         tracing.end(span, execution_id=execution.id if created else ident)
-        if created and (self.settings.durable_enqueue if durable is None else durable):
-            if self._group_commit is None:
-                self._group_commit = GroupCommit(self._runtime.executions)
-            await self._group_commit.write(queued_row(execution, score))
+        if commit is not None:
+            if created:
+                await commit.write(queued_row(execution, score))
+            else:
+                commit.forget()
         if created:
             metrics.enqueued(self.app, definition.name)
             return execution
