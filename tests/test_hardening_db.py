@@ -59,3 +59,39 @@ async def test_metadata_is_kept_in_sql(client: httpx.AsyncClient, settings: Sett
     async with Runtime(settings) as runtime:
         row = await runtime.executions.get(settings.app, ident)
     assert row is not None and row.metadata == {"by": "support-bot", "n": 2}
+
+
+async def test_history_writes_survive_a_dropped_database_connection(settings: Settings) -> None:
+    """The connection held for batched writes is replaced when PostgreSQL drops it."""
+    import datetime as dt
+    import uuid
+
+    from sqlalchemy import text
+
+    from agentsched.execution import Execution
+    from agentsched.jobs.durable import queued_row
+    from agentsched.status import TaskStatus
+
+    def row() -> dict[str, object]:
+        execution = Execution(
+            id=str(uuid.uuid4()), app=settings.app, function="tests.noop",
+            status=TaskStatus.QUEUED, max_tries=1, args=[], kwargs={}, metadata={},
+            enqueued_at=dt.datetime.now(dt.UTC),
+        )  # fmt: skip
+        return queued_row(execution, 0)
+
+    async with Runtime(settings) as runtime:
+        store = runtime.executions
+        first, second = row(), row()
+        await store.upsert_many([first])
+        async with runtime.engine.connect() as admin:
+            # Every other backend of this database: the held connection among them.
+            ended = await admin.scalar(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ))  # fmt: skip
+        assert ended >= 1
+        await store.upsert_many([second])
+        for written in (first, second):
+            found = await store.get(settings.app, str(written["id"]))
+            assert found is not None and found.status is TaskStatus.QUEUED
