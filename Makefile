@@ -20,6 +20,7 @@ test:
 	bash scripts/test.sh
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	bash scripts/services.sh
 	$(BIN)/python bench/bench_queue.py
 	$(BIN)/python bench/bench_events.py
