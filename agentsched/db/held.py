@@ -25,6 +25,8 @@ _BROKEN = (
     asyncpg.InterfaceError,
     asyncpg.AdminShutdownError,
     asyncpg.CannotConnectNowError,
+    # A connection the server ended mid-way can be left in a state asyncpg refuses.
+    asyncpg.InternalClientError,
     ConnectionError,
     OSError,
 )
@@ -57,8 +59,13 @@ class HeldConnection:
                     raise
 
     async def _driver(self) -> Any:
-        if self._conn is None:
-            self._conn = await self.engine.connect()
+        if self._conn is not None:
+            raw = await self._conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            if driver is not None and not driver.is_closed():
+                return driver
+            await self._drop()
+        self._conn = await self.engine.connect()
         raw = await self._conn.get_raw_connection()
         return raw.driver_connection
 
