@@ -42,6 +42,7 @@ class Recorder:
         *,
         batch: int = 500,
         block_ms: int = 50,
+        idle_block_ms: int = 2000,
         linger: float = 0.1,
         claim_idle: float = 30.0,
     ) -> None:
@@ -50,7 +51,11 @@ class Recorder:
         self.stream = stream
         self.batch = batch
         self.block_ms = block_ms
+        # After a read that found nothing: the next one waits this long (it returns as
+        # soon as an entry arrives), so an idle recorder costs one call per 2 s.
+        self.idle_block_ms = idle_block_ms
         self.linger = linger
+        self._idle = False
         self.claim_idle_ms = int(claim_idle * 1000)
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._task: asyncio.Task[None] | None = None
@@ -95,18 +100,17 @@ class Recorder:
 
     async def step(self, block_ms: int | None = None) -> int:
         """Read one batch (new entries, then stale ones) and write it; returns its size."""
+        if block_ms is None:
+            block_ms = self.idle_block_ms if self._idle else self.block_ms
         response = await self.redis.xreadgroup(
-            GROUP,
-            self.consumer,
-            {self.stream: ">"},
-            count=self.batch,
-            block=self.block_ms if block_ms is None else block_ms,
+            GROUP, self.consumer, {self.stream: ">"}, count=self.batch, block=block_ms
         )
         entries = response[0][1] if response else []
+        self._idle = not entries
         now = time.monotonic()
-        if not entries or now >= self._next_claim:
-            # On a timer too: a busy stream never reads empty, and a dead recorder's
-            # pending batch must not wait for a quiet moment.
+        if now >= self._next_claim:
+            # On a timer (half the idle time after which an entry is another recorder's
+            # to take): a dead recorder's pending batch is taken within `claim_idle` * 1.5.
             self._next_claim = now + self.claim_idle_ms / 2000
             claimed = await self.redis.xautoclaim(
                 self.stream,
@@ -129,7 +133,7 @@ class Recorder:
                 if not ready:
                     await self._ensure_group()
                     ready = True
-                if await self.step() < self.batch:
+                if 0 < await self.step() < self.batch:
                     # A short pause lets a busy queue fill bigger batches (one statement
                     # for hundreds of rows) while rows still land within ~0.1 s.
                     await asyncio.sleep(self.linger)
@@ -164,7 +168,7 @@ class Recorder:
             if not entries:
                 break
             await self._write(entries)
-        while await self.step(block_ms=None) > 0:
+        while await self.step(block_ms=self.block_ms) > 0:
             pass
 
     def start(self) -> None:
