@@ -319,11 +319,14 @@ class SchedulerService:
     """The scheduler loop of one app: `await start()`, `await stop()`.
 
     `tick` is the longest sleep between checks; `resolution` the shortest, which
-    batches schedules due a few milliseconds apart into one claim.
+    batches schedules due a few milliseconds apart into one claim. The loop sleeps
+    until the earliest fire time it knows of, so `tick` only bounds how soon it sees a
+    schedule created or changed by another process (and what an idle worker spends on
+    the check: one query a second).
     """
 
     def __init__(
-        self, runtime: Runtime, app: str | None = None, tick: float = 0.2, *,
+        self, runtime: Runtime, app: str | None = None, tick: float = 1.0, *,
         batch: int = 200, lanes: int = 3, resolution: float = 0.02, concurrency: int = 64,
     ) -> None:  # fmt: skip
         self.scheduler = Scheduler(runtime, app)
