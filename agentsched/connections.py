@@ -184,9 +184,16 @@ def describe(exc: BaseException) -> str:
 class Outage:
     """This process's view of Redis: logs once when it stops answering and once when back."""
 
+    # A connection opened before an outage ended can still fail once afterwards (a
+    # blocking read, a subscription): within this many seconds of the end, that is the
+    # same outage's tail, not a new one to log.
+    SETTLE = 3.0
+
     def __init__(self) -> None:
         self.since: float | None = None
         self.failures = 0
+        self._ended = -1e9
+        self._tail = False
         # Called (synchronously, in the event loop) when Redis answers again.
         self.on_recovered: list[Callable[[], None]] = []
 
@@ -198,16 +205,23 @@ class Outage:
         self.failures += 1
         if self.since is None:
             self.since = time.monotonic()
+            self._tail = self.since - self._ended < self.SETTLE
+            if not self._tail:
+                log.warning("Redis is unavailable (%s); retrying with backoff", describe(exc))
+        elif self._tail and time.monotonic() - self.since >= self.SETTLE:
+            self._tail = False  # not a tail after all: a new outage
             log.warning("Redis is unavailable (%s); retrying with backoff", describe(exc))
 
     def recovered(self) -> None:
         if self.since is not None:
-            log.warning(
-                "Redis answers again after %.1fs (%d failed call(s))",
-                time.monotonic() - self.since,
-                self.failures,
-            )
-            self.since, self.failures = None, 0
+            now = time.monotonic()
+            if not self._tail:
+                log.warning(
+                    "Redis answers again after %.1fs (%d failed call(s))",
+                    now - self.since,
+                    self.failures,
+                )
+            self.since, self.failures, self._ended = None, 0, now
             for callback in list(self.on_recovered):
                 callback()
 
