@@ -58,6 +58,11 @@ class Keys:
         return f"{self.prefix}events"
 
     @property
+    def wake(self) -> str:
+        """Pub/sub channel (not a key): a job is due or a cancel waits, look now."""
+        return f"{self.prefix}wake:{self.app}"
+
+    @property
     def abort(self) -> str:
         return abort_jobs_ss
 

@@ -41,8 +41,11 @@ class Settings(BaseSettings):
 
     # Redis key prefix of everything agentsched owns (arq's own keys keep arq's names).
     redis_prefix: str = "agentsched:"
-    # Worker: how often arq polls its queue; pickup latency follows it.
+    # Worker: the pause between arq's polls while it has work.
     poll_delay: float = Field(default=0.002, gt=0, le=5)
+    # An idle worker waits this long at most for a wake-up before it looks again (jobs
+    # and cancels through agentsched wake it at once; jobs written around it do not).
+    idle_poll: float = Field(default=0.5, gt=0, le=60)
     max_jobs: int = Field(default=10, ge=1, le=10_000)
     job_timeout: float = Field(default=300, gt=0)
     # A running job whose worker stopped renewing its lease this long ago is recovered.

@@ -35,7 +35,7 @@ from agentsched.connections import (
 from agentsched.errors import AgentschedError, ConfigError
 from agentsched.jobs import progress as progress_reports
 from agentsched.jobs.arq_endings import record_arq_ending
-from agentsched.jobs.arq_pool import CLAIM, RidingArqRedis, StatusRides
+from agentsched.jobs.arq_pool import RidingArqRedis, StatusRides
 from agentsched.jobs.leases import Leases
 from agentsched.jobs.reconciler import Reconciler
 from agentsched.jobs.recorder import Recorder
@@ -43,6 +43,7 @@ from agentsched.jobs.redis_checks import warn_if_redis_can_lose_jobs
 from agentsched.jobs.retention import run_retention
 from agentsched.jobs.runtime import Runtime
 from agentsched.jobs.tracker import Encoded, Tracker
+from agentsched.jobs.wake import Waker
 from agentsched.keys import Keys
 from agentsched.observability import MetricsServer, logs, metrics, observe_process, tracing
 from agentsched.registry import TaskDef, import_task_modules, registered
@@ -82,6 +83,7 @@ class JobRunner:
         self._scheduler: SchedulerService | None = None
         self._metrics: MetricsServer | None = None
         self.rides = StatusRides()
+        self.waker = Waker()
         self.leases = Leases(settings, self.rides, self.worker_id, self._spawn)
 
     # --- lifecycle -------------------------------------------------------------------
@@ -95,8 +97,9 @@ class JobRunner:
         self._metrics = observe_process(self.settings, self.runtime.redis)
         self.tracker = self.runtime.tracker()
         await self.tracker.load_scripts()
-        await self.tracker.redis.script_load(CLAIM)
         await warn_if_redis_can_lose_jobs(self.tracker.redis)
+        self.waker.start(self.tracker.redis, self.tracker.keys.wake)
+        self.rides.waker = self.waker
         self.rides.tracker = self.tracker
         self.rides.worker = self.worker_id
         self.leases.attach(self.runtime, self.tracker)
@@ -143,6 +146,8 @@ class JobRunner:
             OUTAGE.on_recovered.remove(self.leases.after_outage)
         if self._scheduler is not None:
             await self._scheduler.stop()
+        self.rides.waker = None  # arq's last polls must not wait
+        await self.waker.stop()
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
@@ -397,6 +402,7 @@ def build_worker_settings(settings: Settings | None = None) -> type:
             job_serializer=runner.serialize,
             job_deserializer=runner.deserialize,
             default_queue_name=queue,
+            idle_poll=settings.idle_poll,
         ),
         "on_startup": runner.startup,
         "on_shutdown": runner.shutdown,

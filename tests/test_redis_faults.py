@@ -273,7 +273,9 @@ async def test_worker_dead_between_claim_and_start_frees_the_job_within_a_lease(
     (job_id,) = ids
     # arq's own claim sequence on agentsched's pool, and then nothing: a worker that
     # died right after claiming.
+    # The claim starts the job too (one script), so the dead worker held a lease.
     pool = build_worker_settings(fault_settings).redis_pool
+    pool.rides.tracker, pool.rides.worker = queue.tracker, "dead:1:claimed"
     async with pool.pipeline(transaction=True) as pipe:
         await pipe.watch(f"arq:in-progress:{job_id}")
         assert not await pipe.exists(f"arq:in-progress:{job_id}")
@@ -281,6 +283,7 @@ async def test_worker_dead_between_claim_and_start_frees_the_job_within_a_lease(
         pipe.multi()
         pipe.psetex(f"arq:in-progress:{job_id}", 300_000, b"1")
         await pipe.execute()
+    assert await queue.get_status(job_id) is TaskStatus.RUNNING
     await pool.aclose()
     await pool.connection_pool.disconnect()
     claimed = time.monotonic()

@@ -1,44 +1,45 @@
 """arq's Redis pool, with agentsched's status scripts riding in arq's own transactions.
 
 arq claims a job with four round trips (WATCH the in-progress key, EXISTS, ZSCORE,
-then MULTI/PSETEX/EXEC). The pipelines of this pool answer that sequence with one
-script that checks and sets the in-progress key atomically, and hand arq the same
-answers; the MULTI/EXEC that follows is then already done.
+then MULTI/PSETEX/EXEC) and then fetches it (MULTI GET job, INCR retry, EXPIRE retry,
+ZREM abort EXEC). The pipelines of this pool answer the claim's EXISTS with one script
+(`CLAIM_START`) that makes the claim, the fetch and agentsched's start (status
+`running`, the lease, `task.started`) atomically, and hand arq the same answers it
+would have had: the MULTI/EXEC of the claim and the whole fetch transaction are then
+already done, and a job starts with one round trip.
 
-arq fetches a job (`GET arq:job:<id>`, `INCR arq:retry:<id>`, ...) and finishes it
-(`DEL ... arq:in-progress:<id> ...`) in MULTI/EXEC transactions of its own. The
-pipelines of this pool recognise those two by their commands and append one script
-to each: the start script to the fetch, and to the finish the finish script that the
-job runner left for that job. A job's status changes then cost no round trip of their
-own, and arq's finish and agentsched's commit together. Only this module knows the
-shape of arq's transactions (arq 0.26-0.28); anything it does not recognise runs
-unchanged, and the runner falls back to sending its scripts itself.
+arq finishes a job (`DEL ... arq:in-progress:<id> ...`) in a MULTI/EXEC of its own; the
+pipelines recognise it by its commands and append the finish script that the job
+runner left for that job, so arq's finish and agentsched's commit together.
+
+arq polls its queue every `poll_delay`; the pool's `zrangebyscore` of the queue waits
+instead while nothing is due (`wake.py`): until a wake-up, the earliest deferred job,
+or `idle_poll` seconds. With every slot busy arq skips the poll, so its abort check
+waits likewise, until a job ends or a cancel comes. Only this module knows the shape
+of arq's transactions (arq 0.26-0.28, pinned by tests/test_arq_shapes.py); anything it
+does not recognise runs unchanged, and the runner falls back to sending its scripts.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from agentsched.jobs.tracker import Tracker
+from agentsched.jobs.wake import Waker
 
-CLAIM = """
-local exists = redis.call('EXISTS', KEYS[1])
-local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if exists == 0 and score and tonumber(score) <= tonumber(ARGV[2]) then
-  redis.call('PSETEX', KEYS[1], ARGV[3], '1')
-  return {0, score, 1}
-end
-return {exists, score or '', 0}
-"""
-CLAIM_SHA = hashlib.sha1(CLAIM.encode()).hexdigest()
+# arq's fetch transaction, command by command: what a claim already answered.
+FETCH_SHAPE = ("GET", "INCRBY", "EXPIRE", "ZREM")  # redis-py sends INCR as INCRBY
+# arq's abort check, once per poll: ZRANGE arq:abort, ZREMRANGEBYSCORE arq:abort.
+ABORT_SHAPE = ("ZRANGE", "ZREMRANGEBYSCORE")
 
 
 class StatusRides:
@@ -60,14 +61,20 @@ class StatusRides:
         self.orphaned: Callable[[str, tuple[Any, ...]], None] | None = None
         self.finished: Callable[[str, tuple[Any, ...]], None] | None = None
         self.finishes: dict[str, tuple[Any, ...]] = {}
+        self.pool: RidingArqRedis | None = None
+        # job id -> the replies of arq's fetch transaction, made by the claim already.
+        self.fetched: dict[str, list[Any]] = {}
+        self.waker: Waker | None = None
 
     def extra_for(
         self, stack: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]]
     ) -> tuple[str, str]:
-        """('start' | 'finish' | '', job id) for a transaction of arq's."""
+        """('start' | 'finish' | 'drop' | 'abort' | '', job id) for a transaction of arq's."""
         if self.tracker is None or not stack:
             return "", ""
         first = stack[0][0]
+        if tuple(args[0] for args, _ in stack) == ABORT_SHAPE and str(first[1]) == abort_jobs_ss:
+            return "abort", ""
         if (
             len(stack) >= 2
             and first[0] == "GET"
@@ -114,17 +121,21 @@ class RidingPipeline(Pipeline):
 
     async def _claim_exists(self) -> int:
         assert self._claim is not None
-        key, job_id = self._claim
-        now = int(time.time() * 1000)
-        args = (2, key, self.rides.queue, job_id, now, self.rides.in_progress_ms)
-        run: Any = self.immediate_execute_command
-        try:
-            reply = await run("EVALSHA", CLAIM_SHA, *args)
-        except NoScriptError:  # Redis restarted: EVAL loads it again
-            reply = await run("EVAL", CLAIM, *args)
-        exists, score, claimed = reply
-        self._claimed = (int(exists), float(score) if score else None, bool(claimed))
-        return int(exists)
+        _key, job_id = self._claim
+        tracker = self.rides.tracker
+        if tracker is None:  # not started yet: nothing may run
+            self._claimed = (1, None, False)
+            return 1
+        command = tracker.claim_start_command(job_id, self.rides.worker, self.rides.in_progress_ms)
+        reply = await run_script(self, tracker, command)
+        exists, score = int(reply[0]), (float(reply[1]) if reply[1] else None)
+        claimed = len(reply) > 2
+        if claimed:
+            payload, tries, aborted, status, attempt = reply[2:7]
+            self.rides.fetched[job_id] = [payload, int(tries), True, int(aborted)]
+            self.rides.started[job_id] = started_reply([status, attempt])
+        self._claimed = (exists, score, claimed)
+        return exists
 
     async def _claim_score(self) -> float | None:
         assert self._claimed is not None
@@ -142,6 +153,17 @@ class RidingPipeline(Pipeline):
             await self.reset()
             return [True] * size
         kind, job_id = self.rides.extra_for(self.command_stack)
+        if kind == "start" and job_id in self.rides.fetched:
+            names = tuple(args[0] for args, _ in self.command_stack)
+            if names != FETCH_SHAPE:  # tests/test_arq_shapes.py pins it for each arq
+                raise RuntimeError(f"arq's fetch of a job changed shape: {names}")
+            await self.reset()
+            return self.rides.fetched.pop(job_id)
+        if kind == "abort":
+            pool = self.rides.pool
+            if pool is not None:
+                await pool.abort_check_wait()
+            return await super().execute(raise_on_error)
         if kind == "drop":
             # arq's end of a job this worker gave up: its keys belong to whoever took it.
             size = len(self.command_stack)
@@ -156,6 +178,10 @@ class RidingPipeline(Pipeline):
             command = tracker.start_command(job_id, self.rides.worker)
         else:
             command = self.rides.finishes.pop(job_id)
+            waker = self.rides.waker
+            job_task = asyncio.current_task()  # arq's run_job: its end frees the slot
+            if waker is not None and job_task is not None:
+                job_task.add_done_callback(waker.slot_freed)
         size = len(self.command_stack)
         self.execute_command(*command)
         results = await super().execute(raise_on_error=False)
@@ -185,14 +211,90 @@ def started_reply(reply: Any) -> tuple[str, int]:
     return (reply.decode() if isinstance(reply, bytes) else str(reply)), 0
 
 
-class RidingArqRedis(ArqRedis):
-    """arq's pool whose transactions carry agentsched's status scripts."""
+async def run_script(pipe: Pipeline, tracker: Tracker, command: tuple[Any, ...]) -> Any:
+    """Run one of the tracker's EVALSHA commands now; after a Redis restart, EVAL it."""
+    run: Any = pipe.immediate_execute_command
+    try:
+        return await run(*command)
+    except NoScriptError:
+        source = tracker.script_source(command[1])
+        if source is None:
+            raise
+        return await run("EVAL", source, *command[2:])
 
-    def __init__(self, rides: StatusRides, **kwargs: Any) -> None:
+
+class RidingArqRedis(ArqRedis):
+    """arq's pool whose transactions carry agentsched's status scripts, and whose poll
+    of the queue waits for work instead of spinning."""
+
+    def __init__(self, rides: StatusRides, *, idle_poll: float = 0.5, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rides = rides
+        rides.pool = self
+        self.idle_poll = idle_poll
+        self._polls = 0  # polls of the queue so far
+        self._polled = False  # a poll since the last abort check
+        self._burst = False  # arq counts the queue after each poll only in burst mode
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         return RidingPipeline(
             self.rides, self.connection_pool, self.response_callbacks, transaction, shard_hint
         )
+
+    async def zcard(self, name: Any) -> Any:
+        # arq counts its queue in `Worker.main` after each poll only in burst mode (and
+        # every 10 s in `record_health`, burst or not): a burst worker must never wait.
+        if name == self.rides.queue and sys._getframe(1).f_code.co_name == "main":
+            self._burst = True
+        return await super().zcard(name)
+
+    def _may_wait(self) -> bool:
+        # Never on the first poll (a burst worker must see an empty queue at once), never
+        # in burst mode, never before the worker has started.
+        return (
+            self.rides.waker is not None
+            and self.rides.tracker is not None
+            and not self._burst
+            and self._polls > 1
+        )
+
+    async def zrangebyscore(  # type: ignore[override]
+        self, name: Any, min: Any, max: Any, start: int | None = None, num: int | None = None,
+        **options: Any,
+    ) -> Any:  # fmt: skip
+        tracker, waker = self.rides.tracker, self.rides.waker
+        if name != self.rides.queue or tracker is None or options or start is None:
+            return await super().zrangebyscore(name, min, max, start, num, **options)
+        self._polls += 1
+        self._polled = True
+        since = waker.mark() if waker is not None else (0, 0)
+        ids, earliest = await self._poll(tracker, start, num or 100)
+        if ids or waker is None or not self._may_wait():
+            return ids
+        wait = self.idle_poll  # (`min` and `max` are arq's arguments here)
+        if earliest is not None and earliest / 1000 - time.time() < wait:
+            wait = earliest / 1000 - time.time()
+        if wait > 0 and not await waker.wait(since, wait):
+            return ids  # nothing came: arq's loop goes round (abort check, heartbeat)
+        ids, _ = await self._poll(tracker, start, num or 100)
+        return ids
+
+    async def _poll(
+        self, tracker: Tracker, start: int, count: int
+    ) -> tuple[list[Any], float | None]:
+        command = tracker.poll_command(int(time.time() * 1000), start, count)
+        run: Any = self.execute_command
+        try:
+            ids, earliest = await run(*command)
+        except NoScriptError:
+            ids, earliest = await run("EVAL", tracker.script_source(command[1]), *command[2:])
+        return list(ids), float(earliest) if earliest else None
+
+    async def abort_check_wait(self) -> None:
+        """Before arq's abort check: with every slot busy (no poll since the last check),
+        wait for a job to end or a cancel to come, instead of checking every poll_delay."""
+        polled, self._polled = self._polled, False
+        waker = self.rides.waker
+        if polled or waker is None or not self._may_wait():
+            return
+        await waker.wait(waker.mark(), self.idle_poll, freed=True)

@@ -23,6 +23,7 @@ end
 if redis.call('EXISTS', xkey) == 1 or redis.call('EXISTS', job) == 1 then return {0, id} end
 redis.call('SET', job, payload, 'PX', job_ttl)
 redis.call('ZADD', queue, score, id)
+redis.call('PUBLISH', KEYS[7], id)  -- wakes idle workers (KEYS[7] is a channel)
 redis.call('HSET', xkey, unpack(ARGV, 9))
 redis.call('HSET', xkey, 'due', score)
 redis.call('PEXPIRE', xkey, tonumber(job_ttl) + tonumber(keep))
@@ -85,6 +86,42 @@ if riding then return {'running', tonumber(attempt)} end
 return 'running'
 """
 
+# arq's claim of a job and its fetch, with the start script, in one round trip (see
+# arq_pool.py). arq claims with WATCH/EXISTS/ZSCORE/MULTI PSETEX EXEC, then fetches
+# with MULTI GET job, INCR retry, EXPIRE retry, ZREM abort EXEC: the same commands,
+# in the same order, atomically; the start script follows as it did inside the fetch.
+# Not claimed: {exists, score or ''}. Claimed: {0, score, job payload or false,
+# try, aborted, start status, start attempt}.
+_CLAIM = """
+local inprog, queue, xkey, job, retry, abort = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+  KEYS[6]
+local id, now, ttl, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local exists = redis.call('EXISTS', inprog)
+local score = redis.call('ZSCORE', queue, id)
+if exists == 1 or not score or tonumber(score) > tonumber(now) then
+  return {exists, score or ''}
+end
+redis.call('PSETEX', inprog, ttl, '1')
+local payload = redis.call('GET', job)
+local try = redis.call('INCR', retry)
+redis.call('EXPIRE', retry, 88400)
+local aborted = redis.call('ZREM', abort, id)
+local started = start_job({xkey}, {id, now, worker, ''})
+local status, attempt = started, 0
+if type(started) == 'table' then status, attempt = started[1], started[2] end
+return {0, score, payload, try, aborted, status, attempt}
+"""
+CLAIM_START = f"local function start_job(KEYS, ARGV)\n{START}\nend\n{_CLAIM}"
+
+# arq's poll of its queue (ZRANGEBYSCORE) that also answers, when nothing is due, when
+# the earliest job is: {due ids, ''} or {{}, earliest score or ''}.
+POLL = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', ARGV[2], ARGV[3])
+if #ids > 0 then return {ids, ''} end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {ids, first[2] or ''}
+"""
+
 FINISH = """
 local id, now, new, result, err, kind, next_attempt = ARGV[1], ARGV[2], ARGV[3], ARGV[4],
   ARGV[5], ARGV[6], ARGV[7]
@@ -137,6 +174,7 @@ end
 -- Running: arq's abort set makes the worker cancel the coroutine on its next poll.
 redis.call('HSET', xkey, 'cancel_requested', '1')
 redis.call('ZADD', abort, now, id)
+redis.call('PUBLISH', KEYS[8], id)  -- the worker looks at the abort set now
 return 'cancelling'
 """
 
@@ -183,6 +221,7 @@ for _, id in ipairs(redis.call('SMEMBERS', running)) do
     end
   end
 end
+if #recovered > 0 then redis.call('PUBLISH', KEYS[5], 'reaped') end
 return recovered
 """
 
@@ -285,6 +324,7 @@ if not status then
   redis.call('HSET', xkey, 'status', 'queued', 'attempt', attempt)
   redis.call('SET', job, payload, 'PX', job_ttl)
   redis.call('ZADD', queue, due, id)
+  redis.call('PUBLISH', KEYS[8], id)
   redis.call('PEXPIRE', xkey, tonumber(job_ttl) + tonumber(keep))
   emit(xkey, records, events, maxlen, now, event, keep)
   redis.call('HDEL', xkey, 'error', 'error_kind')
@@ -308,6 +348,7 @@ if status == 'queued' then
   if has_job and score then return 'ok' end
   if not has_job then redis.call('SET', job, payload, 'PX', job_ttl) end
   if not score then redis.call('ZADD', queue, due, id) end
+  redis.call('PUBLISH', KEYS[8], id)
   return 'restored'
 end
 -- running: without a lease and outside the running set, the reaper would never see it

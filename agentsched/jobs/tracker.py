@@ -41,6 +41,8 @@ class Tracker:
         self._enqueue = redis.register_script(lua.PRELUDE + lua.ENQUEUE)
         consts = self._constants()
         self._start = redis.register_script(lua.PRELUDE + consts + lua.START)
+        self._claim_start = redis.register_script(lua.PRELUDE + consts + lua.CLAIM_START)
+        self._poll = redis.register_script(lua.POLL)
         self._finish = redis.register_script(lua.PRELUDE + consts + lua.FINISH)
         self._progress = redis.register_script(lua.PRELUDE + consts + lua.PROGRESS)
         self._cancel = redis.register_script(lua.PRELUDE + lua.CANCEL)
@@ -123,6 +125,7 @@ class Tracker:
                 k.records,
                 k.events,
                 idem,
+                k.wake,
             ],
             args=[
                 execution.id,
@@ -166,6 +169,33 @@ class Tracker:
             ]
             result = _text(await self._start(keys=keys, args=[*common, attempt, *details]))
         return result
+
+    def claim_start_command(
+        self, execution_id: str, worker: str, in_progress_ms: int
+    ) -> tuple[Any, ...]:
+        """arq's claim and fetch of a job with the start script, as one raw command."""
+        k = self.keys
+        keys = (
+            k.in_progress(execution_id),
+            k.queue,
+            k.execution(execution_id),
+            k.job(execution_id),
+            k.retry(execution_id),
+            k.abort,
+        )
+        args = (execution_id, now_ms(), in_progress_ms, worker)
+        return ("EVALSHA", self._claim_start.sha, len(keys), *keys, *args)
+
+    def poll_command(self, due_ms: int, offset: int, count: int) -> tuple[Any, ...]:
+        """arq's poll of the queue, answering also when the earliest job is due."""
+        return ("EVALSHA", self._poll.sha, 1, self.keys.queue, due_ms, offset, count)
+
+    def script_source(self, sha: str) -> str | None:
+        """The text of one of this tracker's scripts, to load it again (NOSCRIPT)."""
+        for script in (self._start, self._finish, self._claim_start, self._poll):
+            if script.sha == sha:
+                return str(script.script)
+        return None
 
     def start_command(self, execution_id: str, worker: str) -> tuple[Any, ...]:
         """The start script as a raw command, to ride in arq's fetch transaction."""
@@ -217,7 +247,7 @@ class Tracker:
 
     async def load_scripts(self) -> None:
         """Load the worker's scripts, so EVALSHA inside arq's transactions finds them."""
-        for script in (self._start, self._finish):
+        for script in (self._start, self._finish, self._claim_start, self._poll):
             await self.redis.script_load(script.script)
 
     async def finish(self, execution_id: str, status: str, **options: Any) -> str:
@@ -239,6 +269,7 @@ class Tracker:
                 k.abort,
                 k.records,
                 k.events,
+                k.wake,
             ],
             args=[execution_id, now_ms(), self._maxlen, self._keep_ms, "1" if force else "0"],
         )
@@ -248,7 +279,7 @@ class Tracker:
         """Recover executions whose worker stopped renewing the lease; returns their ids."""
         k = self.keys
         out = await self._reap(
-            keys=[k.running, k.records, k.events, k.queue],
+            keys=[k.running, k.records, k.events, k.queue, k.wake],
             args=[
                 now_ms(),
                 self._maxlen,
@@ -366,6 +397,7 @@ class Tracker:
                 k.events,
                 k.lease(row.id),
                 k.running,
+                k.wake,
             ],
             args=[
                 row.id,

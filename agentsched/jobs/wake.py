@@ -1,0 +1,93 @@
+"""Waking an idle worker when there is something for it to do, instead of polling fast.
+
+arq looks at its queue every `poll_delay` seconds whether or not there is work; at the
+2 ms it needs for a quick pickup, an idle worker spent a sixth of a core on it. Here a
+worker waits instead (`arq_pool.py` does the waiting, inside arq's poll), and the status
+scripts publish on the app's wake channel whenever a job becomes due now or a running
+job is to be cancelled: an enqueue, a cancel, a recovered or reconciled job. A worker
+also looks at least every `AGENTSCHED_IDLE_POLL` seconds (jobs written to arq's keys
+without agentsched, a wake-up lost while Redis was away), and as soon as a deferred job
+falls due.
+
+Pub/sub delivers to whoever listens at that moment, so after (re)subscribing the waker
+counts one wake-up of its own: anything published while it was away is looked at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from agentsched.connections import BACKOFF_CAP
+
+log = logging.getLogger("agentsched.worker")
+
+
+class Waker:
+    """What a worker's poll waits on: wake-ups published for its queue, and freed slots."""
+
+    def __init__(self) -> None:
+        self.published = 0  # wake-ups seen (and the waker's own after subscribing)
+        self.freed = 0  # jobs of this worker that ended, each freeing a slot
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def mark(self) -> tuple[int, int]:
+        """Where things stand now: pass it to `wait` after looking at the queue."""
+        return self.published, self.freed
+
+    def poke(self) -> None:
+        self.published += 1
+        self._changed.set()
+
+    def slot_freed(self, _: Any = None) -> None:
+        self.freed += 1
+        self._changed.set()
+
+    async def wait(self, since: tuple[int, int], timeout: float, *, freed: bool = False) -> bool:
+        """Wait up to `timeout` s for a wake-up (or freed slot) after `since`; True if one came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self.published != since[0] or (freed and self.freed != since[1]):
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._changed.wait()
+
+    def start(self, redis: aioredis.Redis, channel: str) -> None:
+        self._task = asyncio.create_task(self._listen(redis, channel), name="agentsched-wake")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _listen(self, redis: aioredis.Redis, channel: str) -> None:
+        # The connection retries through outages by itself (connections.py) and says so
+        # once; a reply it cannot retry ends one subscription, and the next starts over.
+        while True:
+            pubsub = redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                self.poke()
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self.poke()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. an AUTH error after a failover
+                log.debug("wake channel %s: %s; subscribing again", channel, exc)
+                await asyncio.sleep(BACKOFF_CAP)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

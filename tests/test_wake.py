@@ -1,0 +1,95 @@
+"""An idle worker waits for work instead of polling, and is woken at once when it comes.
+
+Each test sets `idle_poll` far above what it tolerates, so a worker that only polls
+(a lost wake-up, a missed shape of arq's transactions) fails it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from arq.worker import create_worker
+
+from agentsched import TaskQueue
+from agentsched.settings import Settings
+from agentsched.status import TaskStatus
+from agentsched.worker import build_worker_settings
+
+SLOW_POLL = 20.0  # seconds: far longer than any wait below
+
+
+async def wait_status(queue: TaskQueue, ident: str, status: TaskStatus, within: float) -> float:
+    start = time.monotonic()
+    while (await queue.get_status(ident)) is not status:
+        assert time.monotonic() - start < within, f"{ident} not {status.value} in {within}s"
+        await asyncio.sleep(0.005)
+    return time.monotonic() - start
+
+
+async def test_an_idle_worker_is_woken_by_an_enqueue(settings: Settings, run_worker: Any) -> None:
+    await run_worker(idle_poll=SLOW_POLL)
+    async with TaskQueue(settings) as queue:
+        first = await queue.enqueue("tests.noop")
+        await queue.get_result(first.id, timeout=10)
+        await asyncio.sleep(0.5)  # idle now: waiting for a wake-up
+        for _ in range(5):
+            execution = await queue.enqueue("tests.noop")
+            assert await wait_status(queue, execution.id, TaskStatus.SUCCESS, 3) < 3
+
+
+async def test_a_deferred_job_runs_when_due_without_a_wake_up(
+    settings: Settings, run_worker: Any
+) -> None:
+    await run_worker(idle_poll=SLOW_POLL)
+    async with TaskQueue(settings) as queue:
+        warm = await queue.enqueue("tests.noop")
+        await queue.get_result(warm.id, timeout=10)
+        execution = await queue.enqueue("tests.noop", delay=1.0)
+        took = await wait_status(queue, execution.id, TaskStatus.SUCCESS, 6)
+        assert 0.9 <= took < 6
+
+
+async def test_a_busy_worker_starts_the_next_job_when_a_slot_frees(
+    settings: Settings, run_worker: Any, tmp_path: Path
+) -> None:
+    # One slot: while it runs, arq skips the poll and its abort check waits instead.
+    await run_worker(idle_poll=SLOW_POLL, max_jobs=1)
+    gate = tmp_path / "gate"
+    async with TaskQueue(settings) as queue:
+        long = await queue.enqueue("tests.staged", kwargs={"gate": str(gate)})
+        await wait_status(queue, long.id, TaskStatus.RUNNING, 10)
+        waiting = await queue.enqueue("tests.noop")
+        await asyncio.sleep(0.5)
+        assert await queue.get_status(waiting.id) is TaskStatus.QUEUED
+        gate.write_text("go")
+        await wait_status(queue, long.id, TaskStatus.SUCCESS, 10)
+        assert await wait_status(queue, waiting.id, TaskStatus.SUCCESS, 3) < 3
+
+
+async def test_cancel_reaches_a_busy_worker_at_once(
+    settings: Settings, run_worker: Any, tmp_path: Path
+) -> None:
+    await run_worker(idle_poll=SLOW_POLL, max_jobs=1)
+    async with TaskQueue(settings) as queue:
+        execution = await queue.enqueue("tests.staged", kwargs={"gate": str(tmp_path / "g")})
+        await wait_status(queue, execution.id, TaskStatus.RUNNING, 10)
+        start = time.monotonic()
+        assert await queue.cancel(execution.id, wait=4)
+        assert time.monotonic() - start < 3  # the worker confirmed; no forced cancel
+        assert await queue.get_status(execution.id) is TaskStatus.CANCELLED
+
+
+async def test_a_burst_worker_never_waits(settings: Settings) -> None:
+    slow = settings.model_copy(update={"idle_poll": SLOW_POLL})
+    async with TaskQueue(slow) as queue:
+        for _ in range(3):
+            await queue.enqueue("tests.noop")
+    worker = create_worker(build_worker_settings(slow), burst=True, handle_signals=False)
+    start = time.monotonic()
+    await asyncio.wait_for(worker.async_run(), 15)
+    await worker.close()
+    assert worker.jobs_complete == 3
+    assert time.monotonic() - start < SLOW_POLL / 2
