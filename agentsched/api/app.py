@@ -20,7 +20,7 @@ from agentsched.api.docs import add_offline_docs
 from agentsched.api.errors import install_error_handlers
 from agentsched.api.lifespan import scheduler_lifespan
 from agentsched.api.router import scheduler_router
-from agentsched.errors import AgentschedError, ConfigError, InvalidInput
+from agentsched.errors import ConfigError, InvalidInput
 from agentsched.registry import registered
 from agentsched.settings import Settings, get_settings
 
@@ -43,32 +43,8 @@ class SchedulerApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await super().__call__(scope, receive, self._full_allow(scope, send))
-            return
-        if scope["type"] != "lifespan":
-            await super().__call__(scope, receive, send)
-            return
-        # Starlette reports a failed start-up with the whole traceback, and uvicorn prints
-        # it. An agentsched error (bad setting, Redis or database down, bad tasks file) was
-        # already logged as one line by the lifespan: report it to the server as no more.
-        held: list[Message] = []
-
-        async def hold_failure(message: Message) -> None:
-            if message["type"] == "lifespan.startup.failed":
-                held.append(message)
-            else:
-                await send(message)
-
-        try:
-            await super().__call__(scope, receive, hold_failure)
-        except AgentschedError:
-            if not held:
-                raise
-            await send({"type": "lifespan.startup.failed", "message": ""})
-        except BaseException:
-            for message in held:
-                await send(message)
-            raise
+            send = self._full_allow(scope, send)
+        await super().__call__(scope, receive, send)
 
     def _full_allow(self, scope: Scope, send: Send) -> Send:
         """`send`, with a 405's `Allow` naming every method of the path, not one route's."""

@@ -18,11 +18,18 @@ or inside a lifespan of your own::
         async with agentsched_context(app):
             ...  # your own start-up
             yield
+
+A failed start (bad setting, Redis or database down, bad tasks file) is logged here as
+one `agentsched: ...` line. Starlette then hands the server the whole traceback of the
+same error, which uvicorn would print after it: `_ServerLogFilter` drops that record,
+so the line is all the user reads, however the app's lifespan nests ours.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -39,6 +46,34 @@ from agentsched.scheduling.service import Scheduler, load_tasks_files
 from agentsched.settings import Settings, get_settings
 
 log = logging.getLogger("agentsched.api")
+# The loggers through which ASGI servers report a failed lifespan (uvicorn's).
+SERVER_LOGGERS = ("uvicorn.error",)
+
+
+class _ServerLogFilter(logging.Filter):
+    """Drops a server's report of an error this module has already logged as one line.
+
+    Starlette passes the traceback to the server while it handles the error, so the
+    exception being handled when the server logs is the one to look at.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reported: weakref.WeakSet[BaseException] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return sys.exc_info()[1] not in self.reported
+
+
+_server_log = _ServerLogFilter()
+
+
+def _report(exc: AgentschedError) -> None:
+    """Log `exc` as the one line of a failed start, and keep the server from repeating it."""
+    log.error("agentsched: %s", exc)
+    _server_log.reported.add(exc)
+    for name in SERVER_LOGGERS:
+        logging.getLogger(name).addFilter(_server_log)  # once: a logger keeps no duplicates
 
 
 @asynccontextmanager
@@ -61,7 +96,7 @@ async def agentsched_context(
         import_task_modules(settings.task_modules)
         runtime = await Runtime(settings).open()
     except AgentschedError as exc:
-        log.error("agentsched: %s", exc)
+        _report(exc)
         raise
     recorder: Recorder | None = None
     observed = observe_process(settings, runtime.redis)  # metrics port, log format, tracing
@@ -91,7 +126,7 @@ async def agentsched_context(
             if getattr(app.state, STATE_ATTR, None) is state:
                 delattr(app.state, STATE_ATTR)
     except AgentschedError as exc:
-        log.error("agentsched: %s", exc)
+        _report(exc)
         raise
     finally:
         observed.stop()
