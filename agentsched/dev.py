@@ -366,7 +366,7 @@ class Platform:
             return 1 if self.failure or not self.signals else 0
         say(f"ready: {len(apps)} app(s), {len(apps)} worker(s), Redis {mask_url(redis_url)}")
         for app in apps:
-            say(f"  {app.name:<14} {app.url}   docs {app.url}/docs")
+            say(f"  {app.name:<14} dashboard {app.url}/api/scheduler/ui/   docs {app.url}/docs")
         await self.run_on_ready(apps, headers)
         self.say_hints(apps)
         say("press Ctrl-C to stop; a process that exits is restarted")

@@ -105,6 +105,24 @@ async def test_app_starts_loads_its_tasks_and_reports_health(name: str, serve: A
         assert {t["function"] for t in tasks["items"]} <= functions
 
 
+@pytest.mark.parametrize("name", APP_NAMES)
+async def test_app_serves_offline_docs_and_sends_home_to_its_dashboard(
+    name: str, prefix: str, tmp_path: Path
+) -> None:
+    module = importlib.import_module(app_env(name)["AGENTSCHED_ASGI_APP"].split(":")[0])
+    app = module.create_app(app_settings(name, prefix, tmp_path))  # no lifespan needed
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        home = await client.get("/")
+        assert home.status_code == 307 and home.headers["location"] == "/api/scheduler/ui/"
+        assert (await client.get("/api/scheduler/ui/")).status_code == 200
+        for path, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+            html = (await client.get(path)).text
+            assert f"/api/scheduler/ui/vendor/{asset}" in html, html
+            assert "cdn.jsdelivr" not in html and "fonts.googleapis" not in html
+            assert (await client.get(f"/api/scheduler/ui/vendor/{asset}")).status_code == 200
+
+
 async def test_scraper_agent_serves_demo_pages_and_queues_scrapes(serve: Any) -> None:
     async with serve("scraper-agent") as client:
         page = await client.get("/demo/pages/2")

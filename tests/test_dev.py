@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 import yaml
@@ -175,7 +176,9 @@ def test_dev_becomes_ready_and_sigint_stops_everything(
     assert f"embedded Redis on 127.0.0.1:{redis_port}" in output
     for i, name in enumerate(APP_NAMES):
         assert f"{name} is healthy" in output
-        assert f"http://127.0.0.1:{base + i}" in output
+        assert f"dashboard http://127.0.0.1:{base + i}/api/scheduler/ui/ " in output
+    home = httpx.get(f"http://127.0.0.1:{base}/", follow_redirects=True, timeout=10)
+    assert home.status_code == 200 and home.url.path == "/api/scheduler/ui/"
     assert redis.Redis(port=redis_port).ping()
     assert read_env_file(state / "dev.env")["AGENTSCHED_REDIS_URL"].endswith(f":{redis_port}/0")
     children = descendants(dev.proc.pid)

@@ -1,14 +1,16 @@
-"""`create_app`: a FastAPI app serving only the scheduler API, for one agentsched app.
+"""`create_app`: a FastAPI app serving only the scheduler API, for one agentsched app;
+`scheduler_app`: the same furnishings for an app with routes and a lifespan of its own.
 
-Served on its own with `uvicorn agentsched.api:create_app --factory`, configured by
-the `AGENTSCHED_*` environment.
+`create_app` is served on its own with `uvicorn agentsched.api:create_app --factory`,
+configured by the `AGENTSCHED_*` environment.
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -25,6 +27,7 @@ from agentsched.registry import registered
 from agentsched.settings import Settings, get_settings
 
 API_PREFIX = "/api/scheduler"
+Lifespan = Callable[[Any], AbstractAsyncContextManager[None]]
 
 
 def _version() -> str:
@@ -134,9 +137,32 @@ def create_app(
             f"`{settings.app}`. When AGENTSCHED_API_KEY is set every call needs `X-API-Key`."
         ),
         lifespan=scheduler_lifespan(settings, tasks_files=tasks_files),
-        docs_url=None,  # served below from packaged assets: FastAPI's load from a CDN
+        docs_url=None,  # served by `_furnish` from packaged assets: FastAPI's use a CDN
         redoc_url=None,
     )
+    return _furnish(app)
+
+
+def scheduler_app(title: str, lifespan: Lifespan | None = None, **kwargs: Any) -> FastAPI:
+    """A FastAPI app of your own, served as `create_app`'s is: `scheduler_router` at
+    `/api/scheduler`, its error handlers, `/docs` and `/redoc` from packaged assets, and
+    `/` redirecting to the dashboard at `/api/scheduler/ui/`.
+
+    `lifespan` defaults to `scheduler_lifespan()`; a lifespan of your own nests
+    `agentsched_context(app)`. Other keyword arguments go to `FastAPI`. Nothing is read
+    from the environment until the app starts.
+    """
+    app = FastAPI(
+        title=title,
+        lifespan=lifespan or scheduler_lifespan(),
+        docs_url=None,  # served from packaged assets: FastAPI's load from a CDN
+        redoc_url=None,
+        **kwargs,
+    )
+    return _furnish(app)
+
+
+def _furnish(app: FastAPI) -> FastAPI:
     install_error_handlers(app)
     app.include_router(scheduler_router, prefix=API_PREFIX)
     add_offline_docs(app, assets=f"{API_PREFIX}/ui/vendor")

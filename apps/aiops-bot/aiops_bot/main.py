@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request, status
 
 from agentsched import EventBus, EventMessage
-from agentsched.api import ApiState, agentsched_context, install_error_handlers, scheduler_router
+from agentsched.api import ApiState, agentsched_context, scheduler_app
 from agentsched.settings import Settings
 from aiops_bot import tasks
 
@@ -39,9 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with bus:
                 yield
 
-    app = FastAPI(title="aiops-bot", lifespan=lifespan)
-    install_error_handlers(app)
-    app.include_router(scheduler_router, prefix="/api/scheduler")
+    app = scheduler_app("aiops-bot", lifespan)  # the router, offline /docs, / -> dashboard
 
     @app.get("/status")
     async def platform_status() -> dict[str, Any]:

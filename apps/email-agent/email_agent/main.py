@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request, status
 from pydantic import BaseModel, Field
 
 from agentsched import EventBus, EventMessage
-from agentsched.api import ApiState, agentsched_context, install_error_handlers, scheduler_router
+from agentsched.api import ApiState, agentsched_context, scheduler_app
 from agentsched.settings import Settings
 from email_agent import config, mail, tasks
 
@@ -63,9 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with bus:
                 yield
 
-    app = FastAPI(title="email-agent", lifespan=lifespan)
-    install_error_handlers(app)
-    app.include_router(scheduler_router, prefix="/api/scheduler")
+    app = scheduler_app("email-agent", lifespan)  # the router, offline /docs, / -> dashboard
 
     @app.get("/inbox")
     async def inbox() -> dict[str, Any]:

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Query, Request, status
 from pydantic import BaseModel, HttpUrl
 
 from agentsched import EventBus, EventMessage
-from agentsched.api import ApiState, agentsched_context, install_error_handlers, scheduler_router
+from agentsched.api import ApiState, agentsched_context, scheduler_app
 from agentsched.settings import Settings
 from rag_chat import config, tasks
 
@@ -67,9 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.bus = bus
                 yield
 
-    app = FastAPI(title="rag-chat", lifespan=lifespan)
-    install_error_handlers(app)
-    app.include_router(scheduler_router, prefix="/api/scheduler")
+    app = scheduler_app("rag-chat", lifespan)  # the router, offline /docs, / -> dashboard
 
     @app.get("/ask")
     async def ask(

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, HttpUrl
 
 from agentsched import EventBus, EventMessage
-from agentsched.api import ApiState, agentsched_context, install_error_handlers, scheduler_router
+from agentsched.api import ApiState, agentsched_context, scheduler_app
 from agentsched.settings import Settings
 from scraper_agent import config, demo, tasks
 
@@ -72,9 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with bus:
                 yield
 
-    app = FastAPI(title="scraper-agent", lifespan=lifespan)
-    install_error_handlers(app)
-    app.include_router(scheduler_router, prefix="/api/scheduler")
+    app = scheduler_app("scraper-agent", lifespan)  # the router, offline /docs, / -> dashboard
 
     @app.get("/demo/pages", response_class=HTMLResponse, tags=["demo"])
     async def demo_index() -> str:

@@ -19,7 +19,7 @@ from fastapi import FastAPI, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
 from agentsched import EventBus, EventMessage, TaskQueue
-from agentsched.api import ApiState, agentsched_context, install_error_handlers, scheduler_router
+from agentsched.api import ApiState, agentsched_context, scheduler_app
 from agentsched.settings import Settings
 from support_bot import tasks
 
@@ -110,9 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.bus = bus
                 yield
 
-    app = FastAPI(title="support-bot", lifespan=lifespan)
-    install_error_handlers(app)
-    app.include_router(scheduler_router, prefix="/api/scheduler")
+    app = scheduler_app("support-bot", lifespan)  # the router, offline /docs, / -> dashboard
 
     @app.get("/tickets")
     async def list_tickets(
