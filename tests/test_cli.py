@@ -71,6 +71,7 @@ def one_error_line(stderr: str) -> str:
         (["show"], "--traceback"),
         (["cancel"], "--app-dir"),
         (["retry"], "--wait"),
+        (["run-again"], "--wait"),
         (["run"], "--timeout"),
         (["enable"], "--app-dir"),
         (["disable"], "--app-dir"),
@@ -274,6 +275,29 @@ async def test_show_cancel_and_retry(settings: Settings, run_worker: Any) -> Non
     assert "status     success (attempt 1 of 1)" in out and "result     3" in out
     code, _, err = await cli(env, "show", "0" * 8)
     assert code == 1 and one_error_line(err) == "agentsched: execution '00000000' not found"
+
+
+async def test_retry_follows_the_apis_rule_and_run_again_takes_any(
+    settings: Settings, run_worker: Any
+) -> None:
+    await run_worker()
+    trace = {"traceparent": f"00-{'1' * 32}-{'2' * 16}-01", "tracestate": "vendor=old"}
+    async with TaskQueue(settings) as queue:
+        done = await queue.enqueue("tests.sample_tasks.add", [1, 2], metadata={"by": "me", **trace})
+        assert await queue.get_result(done.id, timeout=30) == 3
+    env = subprocess_env(settings)
+    code, out, err = await cli(env, "retry", done.id)
+    assert (code, out) == (1, "")  # as POST /executions/{id}/retry's 409
+    assert one_error_line(err) == (
+        f"agentsched: execution {done.id} is success: only failed or cancelled ones retry "
+        "(run again takes any)"
+    )
+    code, out, err = await cli(env, "run-again", done.id, "--wait", "--json")
+    assert code == 0, err
+    again = json.loads(out)
+    assert (again["status"], again["result"], again["args"]) == ("success", 3, [1, 2])
+    # The old run's trace context stays behind: the new run is not part of its trace.
+    assert again["metadata"] == {"by": "me", "run_again_of": done.id}
 
 
 async def test_enqueue_then_executions_lists_it(settings: Settings, run_worker: Any) -> None:

@@ -39,9 +39,12 @@ async def client(kind: str, settings: Settings) -> AsyncIterator[httpx.AsyncClie
 async def run(client: httpx.AsyncClient, function: str, **body: Any) -> dict[str, Any]:
     response = await client.post("/executions", json={"function": function, **body})
     assert response.status_code == 202, response.text
+    return await run_to_end(client, response.json()["id"])
 
+
+async def run_to_end(client: httpx.AsyncClient, ident: str) -> dict[str, Any]:
     async def read() -> dict[str, Any]:
-        return dict((await client.get(f"/executions/{response.json()['id']}")).json())
+        return dict((await client.get(f"/executions/{ident}")).json())
 
     return await eventually(read, lambda e: e["status"] in ("success", "failed"))
 
@@ -70,6 +73,24 @@ async def test_retry_enqueues_a_failed_one_again_naming_it(
     assert rerun.json()["args"] == [2, 3]
     for path in ("retry", "run-again"):
         assert (await client.post(f"/executions/{uuid.uuid4()}/{path}")).status_code == 404
+
+
+async def test_retry_and_run_again_leave_the_old_trace_context_behind(
+    client: httpx.AsyncClient, run_worker: Any
+) -> None:
+    await run_worker()
+    trace = {"traceparent": f"00-{'1' * 32}-{'2' * 16}-01", "tracestate": "vendor=old"}
+    failed = await run(client, "tests.boom", kwargs={"message": "x"},
+                       metadata={"by": "me", **trace})  # fmt: skip
+    old = failed["metadata"]  # the enqueue span's context, when this process traces
+    for path, key in (("retry", "retry_of"), ("run-again", "run_again_of")):
+        again = (await client.post(f"/executions/{failed['id']}/{path}")).json()
+        new = again["metadata"]
+        assert new.get("traceparent") != old["traceparent"], path
+        assert new.get("tracestate") != old.get("tracestate", "vendor=old"), path
+        rest = {k: v for k, v in new.items() if k not in ("traceparent", "tracestate")}
+        assert rest == {"by": "me", key: failed["id"]}, path
+        assert (await run_to_end(client, again["id"]))["status"] == "failed"
 
 
 # --- keyset paging and filters -----------------------------------------------------------

@@ -1,6 +1,7 @@
 """Read endpoints the dashboard needs, open to any client: `/overview` (queue depths and
 per-minute figures aggregated by the server), `/workers`, `/schedule-outlook`,
-`/dead-letters` (and their replay), and `/executions/{id}/retry` / `/run-again`.
+`/dead-letters` (and their replay), and `/executions/{id}/retry` / `/run-again` (their
+rule is `again.py`'s, shared with the CLI).
 
 Every figure is this app's only, as everywhere in the API. SQL is built in
 `agentsched.db.stats`; Redis is read with the key names of `agentsched.keys`.
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import Query, Request, Response, status
 
+from agentsched.api.again import enqueue_again
 from agentsched.api.deps import ApiState, State, router_path
 from agentsched.api.deps import scheduler_router as router
 from agentsched.api.errors import error_responses
@@ -31,12 +33,11 @@ from agentsched.api.models_dashboard import (
 )
 from agentsched.api.schedule_words import schedule_words
 from agentsched.db.stats import Bucket, MinuteCache, last_runs
-from agentsched.errors import Conflict, NotFound
+from agentsched.errors import NotFound
 from agentsched.events import EventBus
 from agentsched.events.message import EventMessage
 from agentsched.scheduling.rules import next_fire
 from agentsched.serialization import now_ms
-from agentsched.status import TaskStatus
 
 TAGS: list[str | Enum] = ["dashboard"]
 LIVE_LEASES = 3  # as /health: three leases without a heartbeat and a worker is gone
@@ -224,15 +225,6 @@ async def replay_dead_letter(entry_id: str, state: State) -> EventMessage:
     return await bus.replay_dead_letter(entry_id)
 
 
-async def _again(state: State, execution_id: str, key: str, only_ended_badly: bool) -> Any:
-    old = await state.queue.get_execution(execution_id)
-    if only_ended_badly and old.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
-        raise Conflict(f"execution {old.id} is {old.status}: only failed or cancelled ones retry")
-    return await state.queue.enqueue(
-        old.function, old.args, old.kwargs, metadata={**old.metadata, key: old.id}
-    )
-
-
 _AGAIN = {
     "tags": TAGS,
     "status_code": status.HTTP_202_ACCEPTED,
@@ -251,7 +243,7 @@ async def retry_execution(
 ) -> ExecutionRead:
     """A new execution of the same function and arguments, its metadata `retry_of` naming
     the old one (202); 409 unless the old one is `failed` or `cancelled`."""
-    execution = await _again(state, execution_id, "retry_of", only_ended_badly=True)
+    execution = await enqueue_again(state.queue, execution_id, retry=True)
     response.headers["Location"] = router_path(
         request, "/executions", f"/executions/{execution.id}"
     )
@@ -269,7 +261,7 @@ async def run_execution_again(
 ) -> ExecutionRead:
     """A new execution of the same function and arguments whatever the old one's status,
     its metadata `run_again_of` naming the old one (202)."""
-    execution = await _again(state, execution_id, "run_again_of", only_ended_badly=False)
+    execution = await enqueue_again(state.queue, execution_id, retry=False)
     response.headers["Location"] = router_path(
         request, "/executions", f"/executions/{execution.id}"
     )

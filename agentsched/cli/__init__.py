@@ -1,6 +1,6 @@
 """The `agentsched` command: dev platform, worker, validate, and the commands that act on
-a running platform (enqueue, show, cancel, retry, executions, tasks, run, enable,
-disable, workers, dead-letters, events tail).
+a running platform (enqueue, show, cancel, retry, run-again, executions, tasks, run,
+enable, disable, workers, dead-letters, events tail).
 
 Commands that talk to Redis and the database find a running `agentsched dev` from any
 directory (`agentsched/dev_state.py`), or use the `AGENTSCHED_*` environment with

@@ -1,4 +1,4 @@
-"""Commands on executions: enqueue, show, cancel, retry, executions (the history).
+"""Commands on executions: enqueue, show, cancel, retry, run-again, executions (the history).
 
 `--wait` polls the execution, prints each change of status or progress on stderr and
 gives up after `--timeout` seconds (one line, exit 1). An error is shown by its first
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentsched.cli.context import app_of, json_arg, run_async, table, to_json, use_environment
 from agentsched.cli.context import when as _when
-from agentsched.errors import Conflict, InvalidInput
+from agentsched.errors import Conflict
 
 if TYPE_CHECKING:
     from agentsched.execution import Execution
@@ -184,16 +184,22 @@ def cancel(args: argparse.Namespace) -> int:
 
 
 def retry(args: argparse.Namespace) -> int:
+    return _again(args, retry=True)
+
+
+def run_again(args: argparse.Namespace) -> int:
+    return _again(args, retry=False)
+
+
+def _again(args: argparse.Namespace, *, retry: bool) -> int:
+    """`retry` (of a failed or cancelled run only, as the API's) and `run-again` (any run)."""
+    from agentsched.api.again import enqueue_again
+
     use_environment(app_of(args))
 
     async def work() -> int:
         async with _queue() as queue:
-            old = await queue.get_execution(args.id)
-            if not old.is_terminal:
-                raise InvalidInput("id", f"execution {old.id} is still {old.status.value}")
-            execution = await queue.enqueue(
-                old.function, old.args, old.kwargs, metadata={**old.metadata, "retry_of": old.id}
-            )
+            execution = await enqueue_again(queue, args.id, retry=retry)
             return await _queued(queue, execution, args)
 
     return run_async(work)

@@ -77,10 +77,18 @@ def _services(sub: Any) -> None:
         sub,
         "retry",
         "executions:retry",
-        "queue a finished execution's function again, with its arguments",
+        "queue a failed or cancelled execution again, with its arguments",
     )
-    retry.add_argument("id", help="execution id of a failed, cancelled or successful run")
-    _wait(retry)
+    retry.add_argument("id", help="execution id of a failed or cancelled run")
+    again = _command(
+        sub,
+        "run-again",
+        "executions:run_again",
+        "queue any execution's function again, with its arguments",
+    )
+    again.add_argument("id", help="execution id")
+    for parser in (retry, again):
+        _wait(parser)
     execs = _command(
         sub, "executions", "executions:history", "list the app's executions, newest first"
     )
@@ -118,9 +126,9 @@ def _services(sub: Any) -> None:
     )
     tail.add_argument("patterns", nargs="*", metavar="PATTERN", help="e.g. 'task.*' (default all)")
     tail.add_argument("--from", dest="from_id", default="$", help="'$' (now), '0' or a stream id")
-    for parser in (enqueue, show, cancel, retry, execs, tasks, run, workers, letters, tail):
+    for parser in (enqueue, show, cancel, retry, again, execs, tasks, run, workers, letters, tail):
         _app_dir(parser)
-    for parser in (enqueue, show, cancel, retry, execs, tasks, run, workers, letters):
+    for parser in (enqueue, show, cancel, retry, again, execs, tasks, run, workers, letters):
         _json(parser)
 
 
