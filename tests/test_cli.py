@@ -475,14 +475,11 @@ async def test_commands_find_the_running_platform_from_any_directory(
     assert json.loads(out)["result"] == 2
 
 
-async def test_events_tail_prints_matching_events(settings: Settings) -> None:
-    async with EventBus("cli-test", settings=settings) as bus:
-        await bus.publish("other.thing", payload={"n": 0})
-        await bus.publish("demo.hello", payload={"n": 1}, target_agent="rag-chat")
-    args = ("events", "tail", "demo.*", "--from", "0")
+async def tail_first_line(settings: Settings, *args: str) -> tuple[str, bytes]:
+    """`agentsched events tail ARGS`: its first line, and what it printed until Ctrl-C."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agentsched.cli", *args, cwd=ROOT, env=subprocess_env(settings),
-        stdout=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "agentsched.cli", "events", "tail", *args, cwd=ROOT,
+        env=subprocess_env(settings), stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
     try:
@@ -494,8 +491,26 @@ async def test_events_tail_prints_matching_events(settings: Settings) -> None:
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0
+    return line, rest
+
+
+async def test_events_tail_prints_matching_events(settings: Settings) -> None:
+    async with EventBus("cli-test", settings=settings) as bus:
+        await bus.publish("other.thing", payload={"n": 0})
+        await bus.publish("demo.hello", payload={"n": 1}, target_agent="rag-chat")
+    line, rest = await tail_first_line(settings, "demo.*", "--from", "0")
     assert ' demo.hello cli-test->rag-chat {"n": 1}' in line
     assert b"other.thing" not in rest
+
+
+async def test_events_tail_json_prints_one_event_object_a_line(settings: Settings) -> None:
+    async with EventBus("cli-test", settings=settings) as bus:
+        sent = await bus.publish("demo.hello", payload={"n": 1}, target_agent="rag-chat")
+    line, _ = await tail_first_line(settings, "demo.*", "--from", "0", "--json")
+    event = json.loads(line)
+    assert event["id"] == sent.id and event["event_type"] == "demo.hello"
+    assert (event["source_agent"], event["target_agent"]) == ("cli-test", "rag-chat")
+    assert event["payload"] == {"n": 1} and event["created_at"]
 
 
 async def test_events_tail_follows_the_platform_and_ends_with_it(

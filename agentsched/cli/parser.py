@@ -128,7 +128,7 @@ def _services(sub: Any) -> None:
     tail.add_argument("--from", dest="from_id", default="$", help="'$' (now), '0' or a stream id")
     for parser in (enqueue, show, cancel, retry, again, execs, tasks, run, workers, letters, tail):
         _app_dir(parser)
-    for parser in (enqueue, show, cancel, retry, again, execs, tasks, run, workers, letters):
+    for parser in (enqueue, show, cancel, retry, again, execs, tasks, run, workers, letters, tail):
         _json(parser)
 
 

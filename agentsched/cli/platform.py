@@ -1,4 +1,5 @@
-"""Commands on the platform: dev, worker, workers, dead-letters, events tail.
+"""Commands on the platform: dev, worker, workers, dead-letters, events tail (`--json`:
+one event's JSON object a line).
 
 `events tail` follows the platform it found: when that `agentsched dev` stops or
 restarts (its state file changes, e.g. a new embedded Redis port), the tail moves to
@@ -146,6 +147,9 @@ async def _tail(args: argparse.Namespace, redis_url: str | None, from_id: str) -
         print(f"agentsched: following events at {mask_url(settings.redis_url)} (Ctrl-C stops)",
               file=sys.stderr, flush=True)  # fmt: skip
         async for event in bus.tail(*args.patterns, from_id=from_id):
+            if args.json:  # one EventMessage a line, as a program reading the tail wants it
+                print(event.model_dump_json(), flush=True)
+                continue
             target = event.target_agent or "*"
             print(
                 f"{event.created_at:%H:%M:%S} {event.event_type} {event.source_agent}->{target} "
