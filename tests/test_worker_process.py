@@ -133,6 +133,15 @@ async def test_worker_runs_and_stops_on_sigterm(settings: Settings) -> None:
             {"AGENTSCHED_DATABASE_URL": "postgresql+asyncpg://u:s3cret@127.0.0.1:1/x"},
             "database unreachable at postgresql+asyncpg://u:***@127.0.0.1:1/x",
         ),
+        pytest.param(  # the embedded default's driver
+            {"AGENTSCHED_DATABASE_URL": "sqlite+aiosqlite:////nonexistent/dir/x.db"},
+            "database unreachable at sqlite+aiosqlite:////nonexistent/dir/x.db",
+            # A race, 20-50% of starts: after a failed open aiosqlite stops its thread
+            # without waiting, and the thread posts to the loop asyncio.run has closed
+            # ("Exception in thread ..." and two tracebacks). The fix belongs in
+            # agentsched/db/engine.py; drop this mark with it.
+            marks=pytest.mark.xfail(reason="aiosqlite thread traceback", strict=False),
+        ),
         ({"AGENTSCHED_POLL_DELAY": "fast"}, "AGENTSCHED_POLL_DELAY"),
         ({"AGENTSCHED_APP": "Bad App!"}, "AGENTSCHED_APP"),
         ({"AGENTSCHED_TASK_MODULES": "no_such_module_here"}, "AGENTSCHED_TASK_MODULES"),
