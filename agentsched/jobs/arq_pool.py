@@ -274,8 +274,14 @@ class RidingArqRedis(ArqRedis):
         wait = self.idle_poll  # (`min` and `max` are arq's arguments here)
         if earliest is not None and earliest / 1000 - time.time() < wait:
             wait = earliest / 1000 - time.time()
+        waker.take_hints()  # older than this poll, which found nothing due
         if wait > 0 and not await waker.wait(since, wait):
             return ids  # nothing came: arq's loop goes round (abort check, heartbeat)
+        # The wake-up named its jobs: claim those (the claim checks each is due) and
+        # leave the rest of the queue to the next poll, a moment later.
+        hints = waker.take_hints()
+        if hints:
+            return hints
         ids, _ = await self._poll(tracker, start, num or 100)
         return ids
 

@@ -30,9 +30,14 @@ log = logging.getLogger("agentsched.worker")
 class Waker:
     """What a worker's poll waits on: wake-ups published for its queue, and freed slots."""
 
+    HINTS_MAX = 100
+
     def __init__(self) -> None:
         self.published = 0  # wake-ups seen (and the waker's own after subscribing)
         self.freed = 0  # jobs of this worker that ended, each freeing a slot
+        # Job ids the wake-ups named since the poll last took them: a woken poll hands
+        # them to arq's claim (which checks each is due) without reading the queue.
+        self.hints: list[bytes] = []
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -40,9 +45,15 @@ class Waker:
         """Where things stand now: pass it to `wait` after looking at the queue."""
         return self.published, self.freed
 
-    def poke(self) -> None:
+    def poke(self, job_id: bytes | None = None) -> None:
         self.published += 1
+        if job_id is not None and len(self.hints) < self.HINTS_MAX:
+            self.hints.append(job_id)
         self._changed.set()
+
+    def take_hints(self) -> list[bytes]:
+        hints, self.hints = self.hints, []
+        return list(dict.fromkeys(hints))
 
     def slot_freed(self, _: Any = None) -> None:
         self.freed += 1
@@ -82,7 +93,10 @@ class Waker:
                 self.poke()
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        self.poke()
+                        data = message.get("data")
+                        # Ids are uuids (36 bytes); anything else just says "look".
+                        hint = data if isinstance(data, bytes) and len(data) == 36 else None
+                        self.poke(hint)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # e.g. an AUTH error after a failover
