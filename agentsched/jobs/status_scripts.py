@@ -12,24 +12,41 @@ from importlib import resources
 
 PRELUDE = resources.files("agentsched.jobs").joinpath("status_scripts.lua").read_text()
 
+# Enqueue one or many jobs in one call. The first snapshot (seq 1) and the `task.queued`
+# event are encoded by the caller (it knows every field), so the script only writes.
+# KEYS: queue, records, events, wake channel. ARGV: maxlen, keep, x-key prefix, then per
+# job: field count, id, arq payload, score, job ttl, idempotency key or '', snapshot
+# JSON, event JSON, and that many hash fields. Returns {created, id} per job.
 ENQUEUE = """
-local xkey, job, queue, records, events, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local id, payload, score, job_ttl, maxlen, now, keep, idem_ttl =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-if idem ~= '' then
-  local existing = redis.call('GET', idem)
-  if existing then return {0, existing} end
+local queue, records, events, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local maxlen, keep, xprefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local out, woke, i = {}, false, 4
+while i <= #ARGV do
+  local nfields, id, payload, score, job_ttl, idem, snapshot, event =
+    tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]),
+    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local first, xkey, job = i + 8, xprefix .. id, 'arq:job:' .. id
+  i = first + nfields
+  local existing = idem ~= '' and redis.call('GET', idem)
+  if existing then
+    table.insert(out, 0); table.insert(out, existing)
+  elseif redis.call('EXISTS', xkey) == 1 or redis.call('EXISTS', job) == 1 then
+    table.insert(out, 0); table.insert(out, id)
+  else
+    redis.call('SET', job, payload, 'PX', job_ttl)
+    redis.call('ZADD', queue, score, id)
+    redis.call('HSET', xkey, unpack(ARGV, first, first + nfields - 1))
+    redis.call('PEXPIRE', xkey, job_ttl + keep)
+    if idem ~= '' then redis.call('SET', idem, id, 'PX', job_ttl + keep) end
+    redis.call('XADD', records, '*', 'i', id, 'q', '1', 's', snapshot)
+    redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'data', event)
+    table.insert(out, 1); table.insert(out, id)
+    woke = true
+  end
 end
-if redis.call('EXISTS', xkey) == 1 or redis.call('EXISTS', job) == 1 then return {0, id} end
-redis.call('SET', job, payload, 'PX', job_ttl)
-redis.call('ZADD', queue, score, id)
-redis.call('PUBLISH', KEYS[7], id)  -- wakes idle workers (KEYS[7] is a channel)
-redis.call('HSET', xkey, unpack(ARGV, 9))
-redis.call('HSET', xkey, 'due', score)
-redis.call('PEXPIRE', xkey, tonumber(job_ttl) + tonumber(keep))
-if idem ~= '' then redis.call('SET', idem, id, 'PX', tonumber(job_ttl) + tonumber(keep)) end
-emit(xkey, records, events, maxlen, now, 'task.queued', keep)
-return {1, id}
+-- Wakes idle workers; one id names the job for a single enqueue.
+if woke then redis.call('PUBLISH', wake, #out == 2 and out[2] or 'jobs') end
+return out
 """
 
 # The start and finish scripts run once per job, inside arq's transactions: their

@@ -16,7 +16,7 @@ from arq.constants import expires_extra_ms  # a job key lives one day past its d
 from arq.jobs import serialize_job
 
 from agentsched.errors import ConfigError
-from agentsched.execution import Execution, from_redis
+from agentsched.execution import Execution, from_redis, queued_record
 from agentsched.jobs import status_scripts as lua
 from agentsched.keys import Keys
 from agentsched.observability.tracing import job_serializer
@@ -26,6 +26,11 @@ from agentsched.settings import Settings
 
 class Encoded(str):
     """A result already encoded as JSON (the worker checks it is JSON once)."""
+
+
+def _created(reply: Any) -> tuple[bool, str]:
+    created, ident = reply
+    return bool(created), ident.decode() if isinstance(ident, bytes) else str(ident)
 
 
 class Tracker:
@@ -38,7 +43,7 @@ class Tracker:
         self._maxlen = str(settings.event_maxlen)
         self._keep_ms = str(int(settings.keep_result * 1000))
         self._lease_ms = str(int(settings.lease_seconds * 1000))
-        self._enqueue = redis.register_script(lua.PRELUDE + lua.ENQUEUE)
+        self._enqueue = redis.register_script(lua.ENQUEUE)
         consts = self._constants()
         self._start = redis.register_script(lua.PRELUDE + consts + lua.START)
         self._claim_start = redis.register_script(lua.PRELUDE + consts + lua.CLAIM_START)
@@ -77,7 +82,32 @@ class Tracker:
         idempotency_key: str | None = None,
     ) -> tuple[bool, str]:
         """Write the arq job and the queued record; (created, id). Dedups on id and key."""
+        (created,) = await self.enqueue_many([(execution, score_ms, job_ttl_ms, idempotency_key)])
+        return created
+
+    async def enqueue_many(
+        self, jobs: list[tuple[Execution, int, int, str | None]]
+    ) -> list[tuple[bool, str]]:
+        """`enqueue` for many (execution, score_ms, job_ttl_ms, idempotency_key): one call
+        of the enqueue script, one round trip."""
         k = self.keys
+        keys = [k.queue, k.records, k.events, k.wake]
+        args: list[Any] = [self._maxlen, self._keep_ms, k.exec_prefix()]
+        now = now_ms()
+        for job in jobs:
+            args += self._enqueue_args(*job, now)
+        reply = await self._enqueue(keys=keys, args=args)
+        return [_created(reply[i : i + 2]) for i in range(0, len(reply), 2)]
+
+    def _enqueue_args(
+        self,
+        execution: Execution,
+        score_ms: int,
+        job_ttl_ms: int,
+        idempotency_key: str | None,
+        now: int,
+    ) -> list[Any]:
+        """One job's part of the enqueue script's arguments (see status_scripts.ENQUEUE)."""
         payload = serialize_job(
             execution.function,
             execution.args,  # type: ignore[arg-type]
@@ -88,58 +118,13 @@ class Tracker:
             else int(execution.enqueued_at.timestamp() * 1000),
             serializer=job_serializer(execution.metadata),  # the trace context rides along
         )
-        fields: list[str] = [
-            "id",
-            execution.id,
-            "app",
-            execution.app,
-            "function",
-            execution.function,
-            "status",
-            "queued",
-            "attempt",
-            "1",
-            "max_tries",
-            str(execution.max_tries),
-            "args",
-            dumps_str(execution.args),
-            "kwargs",
-            dumps_str(execution.kwargs),
-            "metadata",
-            dumps_str(execution.metadata),
-            "enqueued_at",
-            str(now_ms()),
-            "seq",
-            "0",
-        ]
-        if execution.task_id:
-            fields += ["task_id", execution.task_id]
-        if execution.scheduled_for:
-            fields += ["scheduled_for", str(int(execution.scheduled_for.timestamp() * 1000))]
-        idem = k.idempotency(idempotency_key) if idempotency_key else ""
-        created, ident = await self._enqueue(
-            keys=[
-                k.execution(execution.id),
-                k.job(execution.id),
-                k.queue,
-                k.records,
-                k.events,
-                idem,
-                k.wake,
-            ],
-            args=[
-                execution.id,
-                payload,
-                score_ms,
-                job_ttl_ms,
-                self._maxlen,
-                now_ms(),
-                self._keep_ms,
-                0,
-                *fields,
-            ],
-        )
-        return bool(created), ident.decode() if isinstance(ident, bytes) else str(ident)
+        h, event = queued_record(execution, score_ms, now)
+        fields = [item for pair in h.items() for item in pair]
+        idem = self.keys.idempotency(idempotency_key) if idempotency_key else ""
+        return [
+            len(fields), execution.id, payload, score_ms, job_ttl_ms, idem,
+            dumps_str(h), dumps_str(event), *fields,
+        ]  # fmt: skip
 
     async def start(
         self,
