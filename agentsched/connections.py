@@ -16,9 +16,10 @@ the socket with a zero-timeout read. On a worker's hot path those two were about
 of the CPU per job. These subclasses keep redis-py's behaviour and fall back to it
 whenever the fast path does not apply:
   - `pack_command` uses `hiredis.pack_command` for str, bytes, int and float arguments
-    of ordinary size under strict UTF-8; anything else (None, bool, a memoryview, a large
-    value, a whitespace-split command name, another encoding) takes redis-py's own path,
-    and `pack_commands` is redis-py's, chunking as it does;
+    under strict UTF-8 when the packed command is of ordinary size; anything else (None,
+    bool, a memoryview, a large command, a whitespace-split command name, another
+    encoding) takes redis-py's own path, and `pack_commands` is redis-py's, chunking as
+    it does;
   - `can_read_destructive` answers "no" at once when the parser has no buffered reply and
     the stream has no data, no EOF and no error, and otherwise runs redis-py's check.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -55,18 +57,14 @@ from redis.exceptions import (
     TimeoutError,
 )
 
+# A RESP bulk header of 5 digits or more: a value of 10,000 bytes or more (redis-py's
+# cutoff is 6,000; 6,000-9,999-byte values are copied once, which is harmless).
+_LONG_BULK = re.compile(rb"\$\d{5,}\r\n")
 
-def _plain(args: tuple[Any, ...], cutoff: int) -> bool:
-    """Arguments hiredis packs to redis-py's exact bytes without a large copy."""
-    name = args[0]
-    # redis-py splits a name like "CONFIG GET" on whitespace into two arguments.
-    if not isinstance(name, (str, bytes)) or name.split() != [name]:
-        return False
-    for arg in args:
-        # redis-py sends memoryviews and large values as their own chunks, uncopied.
-        if isinstance(arg, memoryview) or (isinstance(arg, (str, bytes)) and len(arg) > cutoff):
-            return False
-    return True
+
+def _plain(name: Any) -> bool:
+    """A command name hiredis packs as redis-py does (which splits "CONFIG GET" in two)."""
+    return isinstance(name, str | bytes) and name.split() == [name]
 
 
 class _FastPath(AbstractConnection):
@@ -76,12 +74,20 @@ class _FastPath(AbstractConnection):
             args
             and encoder.encoding == "utf-8"
             and encoder.encoding_errors == "strict"
-            and _plain(args, self._buffer_cutoff)
+            and _plain(args[0])
+            and memoryview not in map(type, args)  # hiredis mispacks a strided one
         ):
             try:
-                return [hiredis.pack_command(args)]
+                packed = hiredis.pack_command(args)
             except (TypeError, UnicodeEncodeError):
                 pass  # None, bool, a lone surrogate...: redis-py's own path and error
+            else:
+                # redis-py sends a value over its cutoff as a chunk of its own, uncopied.
+                # Only a command that long can hold one; the bulk headers ($<length>)
+                # say, in C, without a look at each of (say) 30,000 arguments. A value
+                # that merely contains such a header takes redis-py's path: same bytes.
+                if len(packed) <= self._buffer_cutoff or not _LONG_BULK.search(packed):
+                    return [packed]
         return super().pack_command(*args)
 
     async def can_read_destructive(self) -> bool:
