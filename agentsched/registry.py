@@ -35,6 +35,11 @@ class TaskDef:
     description: str = ""
     parameters: tuple[dict[str, Any], ...] = field(default_factory=tuple)
     signature: inspect.Signature | None = None
+    # Call shapes (number of args, keyword names) known to bind: binding depends on
+    # nothing else, and a batch of a thousand jobs of one shape binds once.
+    bound_shapes: set[tuple[int, frozenset[str]]] = field(
+        default_factory=set, compare=False, repr=False
+    )
 
     @property
     def max_tries(self) -> int:
@@ -48,6 +53,9 @@ class TaskDef:
         sig = self.signature
         if sig is None:
             return
+        shape = (len(args), frozenset(kwargs))
+        if shape in self.bound_shapes:
+            return
         params = sig.parameters.values()
         call = f"{self.name}({', '.join(p.name for p in params)})"
         if not any(p.kind is p.VAR_KEYWORD for p in params):
@@ -60,6 +68,8 @@ class TaskDef:
         except TypeError as exc:
             where = "kwargs" if "multiple values" in str(exc) else "args"
             raise InvalidInput(where, f"{call}: {exc}") from None
+        if len(self.bound_shapes) < 64:
+            self.bound_shapes.add(shape)
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before attempt `attempt + 1` (exponential, capped at 1 h)."""
