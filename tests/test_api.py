@@ -489,6 +489,7 @@ async def test_openapi_documents_every_endpoint_with_examples(
         "/tasks/{task_id}/disable": {"post"},
         "/tasks/{task_id}/run": {"post"},
         "/executions": {"get", "post"},
+        "/executions/batch": {"post"},
         "/executions/{execution_id}": {"get"},
         "/executions/{execution_id}/cancel": {"post"},
         "/functions": {"get"},

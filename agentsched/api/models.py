@@ -106,6 +106,22 @@ class ExecutionCreate(BaseModel):
         return check_json_value(value)
 
 
+class ExecutionBatchCreate(BaseModel):
+    """Body of `POST /executions/batch`: many jobs, queued in one round trip."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"items": [{"function": "email.send_digest", "args": [42]}]}]
+        },
+    )
+
+    items: list[ExecutionCreate] = Field(
+        min_length=1, max_length=1000, description="Jobs as `POST /executions` takes them"
+    )
+
+
 class ExecutionRead(BaseModel):
     """An execution of a task: its status, attempt, result or error, and its times."""
 
@@ -307,3 +323,11 @@ class HealthRead(BaseModel):
     database: ServiceHealth
     workers: WorkersHealth
     scheduler: SchedulerHealth
+
+
+class ExecutionBatchRead(BaseModel):
+    """The executions a batch queued, in the order of its items."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ExecutionRead]

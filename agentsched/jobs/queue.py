@@ -11,7 +11,8 @@ import datetime as dt
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -99,6 +100,25 @@ def _validate_payload(
     return a, k, m
 
 
+MAX_BATCH = 10_000
+_ITEM_FIELDS = {"function", "args", "kwargs", "delay", "eta", "metadata", "idempotency_key"}
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """One checked job, ready to send."""
+
+    execution: Execution
+    score: int
+    ttl: int
+    idempotency_key: str | None
+    span: Any
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, RedisError) and is_transient(exc)
+
+
 class TaskQueue:
     """Client of one app's queue: enqueue, status, result, cancel.
 
@@ -168,6 +188,107 @@ class TaskQueue:
         execution's row is committed in SQL. While Redis is unavailable the call waits
         up to `AGENTSCHED_REDIS_RETRY_SECONDS`, then raises `ServiceUnavailable`.
         """
+        job = self._prepare(
+            function, args, kwargs, delay, eta, metadata, idempotency_key, task_id, scheduled_for
+        )
+        commit = self._commit_for(durable)
+        if commit is not None:
+            commit.expect()
+        try:
+            created, ident = await self.tracker.enqueue(
+                job.execution,
+                score_ms=job.score,
+                job_ttl_ms=job.ttl,
+                idempotency_key=job.idempotency_key,
+            )
+        except BaseException as exc:
+            tracing.end(job.span, exc)
+            if commit is not None:
+                commit.forget()
+            if not _transient(exc):
+                raise
+            raise self._unavailable(exc) from None
+        tracing.end(job.span, execution_id=job.execution.id if created else ident)
+        if commit is not None:
+            if created:
+                await commit.write(queued_row(job.execution, job.score))
+            else:
+                commit.forget()
+        if created:
+            metrics.enqueued(self.app, job.execution.function)
+            return job.execution
+        return await self.get_execution(ident)
+
+    async def enqueue_many(
+        self, items: Iterable[Mapping[str, Any]], *, durable: bool | None = None
+    ) -> list[Execution]:
+        """Queue many jobs in one round trip; their `Execution`s, in the order given.
+
+        Each item takes `enqueue`'s arguments by name: `function` (required), `args`,
+        `kwargs`, `delay`, `eta`, `metadata`, `idempotency_key`. Every item is checked
+        before any is queued, so a bad one (`InvalidInput` naming `items[i].<field>`)
+        queues nothing. In durable mode all rows share one SQL commit.
+        """
+        jobs: list[_Prepared] = []
+        for i, item in enumerate(items):
+            if len(jobs) >= MAX_BATCH:
+                raise InvalidInput("items", f"at most {MAX_BATCH} jobs per call")
+            if not isinstance(item, Mapping):
+                raise InvalidInput(f"items[{i}]", "must be an object")
+            unknown = sorted(set(item) - _ITEM_FIELDS)
+            if unknown:
+                raise InvalidInput(f"items[{i}].{unknown[0]}", "is not a field of a job")
+            if "function" not in item:
+                raise InvalidInput(f"items[{i}].function", "is required")
+            try:
+                jobs.append(self._prepare(
+                    item["function"], item.get("args"), item.get("kwargs"), item.get("delay"),
+                    item.get("eta"), item.get("metadata"), item.get("idempotency_key"),
+                ))  # fmt: skip
+            except InvalidInput as exc:
+                raise InvalidInput(f"items[{i}].{exc.field}", exc.message) from None
+        if not jobs:
+            return []
+        calls = [(j.execution, j.score, j.ttl, j.idempotency_key) for j in jobs]
+        try:
+            replies = await self.tracker.enqueue_many(calls)
+        except BaseException as exc:
+            for job in jobs:
+                tracing.end(job.span, exc)
+            if not _transient(exc):
+                raise
+            raise self._unavailable(exc) from None
+        fresh = [job for job, (created, _) in zip(jobs, replies, strict=True) if created]
+        for job, (created, ident) in zip(jobs, replies, strict=True):
+            tracing.end(job.span, execution_id=job.execution.id if created else ident)
+        commit = self._commit_for(durable)
+        if commit is not None and fresh:
+            # One batch, one commit (the rows of concurrent enqueues may join it).
+            await self.runtime.executions.upsert_many(
+                [queued_row(job.execution, job.score) for job in fresh]
+            )
+        out: list[Execution] = []
+        for job, (created, ident) in zip(jobs, replies, strict=True):
+            if created:
+                metrics.enqueued(self.app, job.execution.function)
+                out.append(job.execution)
+            else:
+                out.append(await self.get_execution(ident))
+        return out
+
+    def _prepare(
+        self,
+        function: str | Callable[..., Any],
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        delay: float | dt.timedelta | None,
+        eta: dt.datetime | None,
+        metadata: Mapping[str, Any] | None,
+        idempotency_key: str | None,
+        task_id: str | None = None,
+        scheduled_for: dt.datetime | None = None,
+    ) -> _Prepared:
+        """Check one job's arguments and build its execution (nothing sent yet)."""
         definition = get_task(function)
         a, k, m = _validate_payload(args, kwargs, metadata)
         seconds = _delay_seconds(delay, eta)
@@ -195,37 +316,18 @@ class TaskQueue:
             enqueued_at=dt.datetime.fromtimestamp(now, dt.UTC),
         )
         score = int((now + seconds) * 1000)
-        commit: GroupCommit | None = None
-        if self.settings.durable_enqueue if durable is None else durable:
-            if self._group_commit is None:
-                self._group_commit = GroupCommit(self._runtime.executions)
-            commit = self._group_commit
-            commit.expect()
-        try:
-            created, ident = await self.tracker.enqueue(
-                execution,
-                score_ms=score,
-                job_ttl_ms=int(seconds * 1000) + expires_extra_ms,
-                idempotency_key=idempotency_key,
-            )
-        except BaseException as exc:
-            tracing.end(span, exc)
-            if commit is not None:
-                commit.forget()
-            if not isinstance(exc, RedisError) or not is_transient(exc):
-                raise
-            url = mask_url(self.settings.redis_url)
-            raise ServiceUnavailable("Redis", url, describe(exc)) from None
-        tracing.end(span, execution_id=execution.id if created else ident)
-        if commit is not None:
-            if created:
-                await commit.write(queued_row(execution, score))
-            else:
-                commit.forget()
-        if created:
-            metrics.enqueued(self.app, definition.name)
-            return execution
-        return await self.get_execution(ident)
+        ttl = int(seconds * 1000) + expires_extra_ms
+        return _Prepared(execution, score, ttl, idempotency_key, span)
+
+    def _commit_for(self, durable: bool | None) -> GroupCommit | None:
+        if not (self.settings.durable_enqueue if durable is None else durable):
+            return None
+        if self._group_commit is None:
+            self._group_commit = GroupCommit(self._runtime.executions)
+        return self._group_commit
+
+    def _unavailable(self, exc: BaseException) -> ServiceUnavailable:
+        return ServiceUnavailable("Redis", mask_url(self.settings.redis_url), describe(exc))
 
     async def get_execution(self, execution_id: str) -> Execution:
         """The execution record (Redis while fresh, SQL after); `NotFound` if unknown."""
