@@ -236,9 +236,32 @@ async def test_running_job_shows_progress_and_cancel_turns_it_cancelled(
         assert retried["kwargs"] == {"gate": str(gate)}
         gate.write_text("open")
         await expect(t.page.locator("#exec-status")).to_have_text("success", timeout=1000)
+        # Its progress while the page was open came live, off the shell's event stream.
+        await expect(t.page.locator("#lifecycle")).to_contain_text("task.progress 50%")
         await t.page.get_by_role("button", name="Run again").click()
         await expect(t.page.get_by_role("heading", level=1)).not_to_contain_text(new_id)
         await expect(t.page.get_by_label("Metadata")).to_contain_text(f'"run_again_of": "{new_id}"')
+        assert t.errors == [], t.errors
+
+
+async def test_a_finished_runs_page_shows_its_lifecycle_without_replaying_the_bus(
+    browser: Any, origin: str, client: httpx.AsyncClient
+) -> None:
+    done = (await client.post("/executions", json={"function": "tests.sample_tasks.add",
+                                                   "args": [1, 2]})).json()  # fmt: skip
+    await eventually(lambda: client.get(f"/executions/{done['id']}"),
+                     lambda r: r.json()["status"] == "success")  # fmt: skip
+    async with tab(browser, origin) as t:
+        streams: list[str] = []
+        t.page.on("request", lambda r: streams.append(r.url) if "/events/stream" in r.url else None)
+        await t.goto(f"#/executions/{done['id']}")
+        lifecycle = t.page.locator("#lifecycle")
+        for event_type in ("task.queued", "task.started", "task.completed"):
+            await expect(lifecycle).to_contain_text(event_type)
+        await expect(t.page.locator("#exec-status")).to_have_text("success")
+        # Only the shell's stream, from now: no replay from the run's enqueue time, which
+        # for an old run streamed everything published since.
+        assert streams and all("from_id" not in url for url in streams), streams
         assert t.errors == [], t.errors
 
 

@@ -156,9 +156,23 @@ function executionsPage() {
 }
 
 /* ---- One execution --------------------------------------------------------------- */
+// A run's lifecycle comes from its record (queued, started, its ending), loaded with it,
+// and for a live run from the events of the shell's stream since the page opened. Never
+// a replay of the bus: for an old run, that streamed everything published since.
+const ENDINGS = { success: "task.completed", failed: "task.failed", cancelled: "task.cancelled" };
+const RECORDED = new Set(["task.queued", "task.started", ...Object.values(ENDINGS)]);
+
+function lifecycleOf(e, seen) {
+  const recorded = [["task.queued", e.enqueued_at], ["task.started", e.started_at], [ENDINGS[e.status], e.finished_at]]
+    .filter(([type, at]) => type && at)
+    .map(([type, at]) => ({ event_type: type, created_at: at, payload: {} }));
+  const more = seen.filter((ev) => !RECORDED.has(ev.event_type)); // progress, retrying
+  return [...recorded, ...more].sort((a, b) => Date.parse(a.created_at) - Date.parse(b.created_at));
+}
+
 function executionPage() {
-  let main = null, content = null, id = null, stopStream = null, pending = null;
-  const lifecycle = [];
+  let main = null, content = null, id = null, pending = null;
+  const seen = []; // this run's events on the live stream
   async function act(label, path) {
     try {
       const e = await api("POST", `executions/${id}/${path}`);
@@ -200,7 +214,7 @@ function executionPage() {
       pre("Metadata", json(e.metadata)), pre("Result", json(e.result)),
       e.error && pre("Error and traceback", e.error),
       h("section", {}, h("h2", {}, "Lifecycle events"),
-        h("ol", { id: "lifecycle" }, lifecycle.map((ev) => h("li", {}, `${when(ev.created_at)} `, h("strong", {}, ev.event_type),
+        h("ol", { id: "lifecycle" }, lifecycleOf(e, seen).map((ev) => h("li", {}, `${when(ev.created_at)} `, h("strong", {}, ev.event_type),
           ev.payload.progress !== undefined && ev.payload.progress !== null ? ` ${Math.round(ev.payload.progress * 100)}%` : "")))));
     const active = document.activeElement;
     const focused = active && active.tagName === "BUTTON" ? active.textContent : null;
@@ -213,16 +227,14 @@ function executionPage() {
       main = el; id = arg;
       content = h("div", {});
       main.replaceChildren(h("div", { id: "notice", class: "notice", role: "status" }), content);
-      const e = await load();
-      const from = e.enqueued_at ? `${Math.max(0, Date.parse(e.enqueued_at) - 1000)}-0` : "$";
-      stopStream = followEvents(`pattern=task.*&from_id=${encodeURIComponent(from)}`, (batch) => {
-        const mine = batch.filter((ev) => ev.payload && ev.payload.execution_id === id);
-        if (!mine.length) return;
-        lifecycle.push(...mine);
-        if (!pending) pending = setTimeout(() => { pending = null; load().catch(() => {}); }, 50);
-      }, { every: 100 });
+      await load();
     },
-    onEvents() {},
-    stop() { if (stopStream) stopStream(); clearTimeout(pending); },
+    onEvents(batch) {
+      const mine = batch.filter((ev) => ev.payload && ev.payload.execution_id === id);
+      if (!mine.length) return;
+      seen.push(...mine);
+      if (!pending) pending = setTimeout(() => { pending = null; load().catch(() => {}); }, 50);
+    },
+    stop() { clearTimeout(pending); },
   };
 }
