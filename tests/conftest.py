@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -32,6 +34,38 @@ PG_DB = f"agentsched_test_{os.getpid()}"
 def _pg_url() -> str:
     base = PG_ADMIN_DSN.rsplit("/", 1)[0]
     return base.replace("postgresql://", "postgresql+asyncpg://") + "/" + PG_DB
+
+
+SCREENSHOTS_SINCE = pytest.StashKey[float]()
+
+
+def screenshot_folder() -> Path:
+    """Where the browser tests save screenshots: `AGENTSCHED_SCREENSHOTS`, else one fixed
+    folder in the temp dir. Not pytest's basetemp, which keeps only the last three runs
+    of everyone on the machine and differs between xdist workers and their controller."""
+    chosen = os.environ.get("AGENTSCHED_SCREENSHOTS")
+    return Path(chosen) if chosen else Path(tempfile.gettempdir()) / "agentsched-screenshots"
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    folder = screenshot_folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[SCREENSHOTS_SINCE] = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Name the screenshot folder after a run that saved some. Here, in the controller:
+    what an xdist worker prints never reaches the terminal."""
+    if hasattr(config, "workerinput"):
+        return
+    folder, since = screenshot_folder(), config.stash.get(SCREENSHOTS_SINCE, 0.0)
+    if folder.is_dir() and any(shot.stat().st_mtime >= since for shot in folder.glob("*.png")):
+        terminalreporter.write_line(f"dashboard screenshots: {folder}")
 
 
 @pytest.fixture(scope="session")

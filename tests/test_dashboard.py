@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -36,19 +35,6 @@ CHROMIUM = "/usr/bin/chromium"
 PAGES = ["Overview", "Executions", "Schedules", "Workers", "Events", "Dead letters"]
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def screenshots(request: pytest.FixtureRequest) -> Any:
-    # Not pytest's basetemp: it keeps only the last three runs of everyone on the machine.
-    chosen = os.environ.get("AGENTSCHED_SCREENSHOTS")
-    folder = Path(chosen or tempfile.mkdtemp(prefix="agentsched-screenshots-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    yield folder
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if capture is not None and any(folder.iterdir()):
-        with capture.global_and_fixture_disabled():  # into the run's output, not a capture
-            print(f"\ndashboard screenshots: {folder}")
 
 
 @pytest.fixture
