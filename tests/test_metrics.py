@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from redis.exceptions import ResponseError
@@ -29,7 +30,7 @@ from agentsched.jobs.recorder import Recorder
 from agentsched.jobs.runtime import Runtime
 from agentsched.keys import Keys
 from agentsched.observability import metrics
-from agentsched.observability.scrape import Source, read
+from agentsched.observability.scrape import MetricsServer, Source, read
 from agentsched.scheduling.service import Scheduler, SchedulerService
 from agentsched.settings import Settings, load_settings
 from tests.test_api_support import eventually, serve
@@ -252,3 +253,48 @@ def test_bad_observability_settings_name_the_variable(field: str, raw: str) -> N
 def test_an_empty_metrics_port_is_off() -> None:
     assert load_settings(metrics_port="").metrics_port is None
     assert load_settings(metrics_port="9100").metrics_port == 9100
+
+
+def ours(text: str, app: str) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+    return sorted(
+        (name, tuple(sorted(labels.items())), v)
+        for name, labels, v in samples(text)
+        if name.startswith("agentsched_") and labels.get("app") == app
+    )
+
+
+def test_the_port_says_what_prometheus_client_says() -> None:
+    """`metrics.render()` (what a metrics port answers) and prometheus-client's own
+    renderer of the registry (the API's /metrics) give the same samples."""
+    app = f"render-{uuid.uuid4().hex[:8]}"
+    metrics.enqueued(app, 'odd "name"\\ with\na newline')
+    metrics.finished(app, "f", "failed", "timeout")
+    metrics.finished(app, "f", "success", "timeout")
+    for seconds in (0.005, 0.0051, 7.25, 5000.0):
+        metrics.attempt_ran(app, "f", seconds)
+    metrics.picked_up(app, -1.0)
+    metrics.events_delivered(app, 3, redelivered=1)
+    fast, slow = metrics.render().decode(), generate_latest(REGISTRY).decode()
+    assert ours(fast, app) == ours(slow, app)
+    # 3 execution counters, 12 + 2 run-time and 17 + 2 pickup samples, 2 bus counters.
+    assert len(ours(fast, app)) == 3 + 14 + 19 + 2
+    bucket = "agentsched_execution_duration_seconds_bucket"
+    # `le` is inclusive: 0.005 falls in the 0.005 bucket, as prometheus-client has it.
+    assert value(fast, bucket, app=app, function="f", le="0.005") == 1
+    assert value(fast, bucket, app=app, function="f", le="0.025") == 2
+    assert value(fast, bucket, app=app, function="f", le="3600.0") == 3
+    assert value(fast, bucket, app=app, function="f", le="+Inf") == 4
+    assert value(fast, "agentsched_execution_duration_seconds_sum", app=app) == 5007.2601
+    assert value(fast, "agentsched_pickup_delay_seconds_bucket", app=app, le="0.001") == 1
+    name = 'odd "name"\\ with\na newline'
+    assert value(fast, "agentsched_executions_enqueued_total", app=app, function=name) == 1
+
+
+def test_the_metrics_port_stops_at_once() -> None:
+    """A worker's shutdown does not wait for the metrics thread's next poll."""
+    for _ in range(3):
+        server = MetricsServer(None, free_port()).start()
+        time.sleep(0.05)
+        began = time.perf_counter()
+        server.stop()
+        assert time.perf_counter() - began < 0.1

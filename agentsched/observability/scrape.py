@@ -8,28 +8,36 @@ the scraping thread; the Redis client belongs to the process's event loop, so th
 is handed to that loop and the thread waits for it (at most `READ_TIMEOUT`). A scrape
 must therefore never run on the loop itself: the API renders in a thread.
 
-`MetricsServer` serves the default registry on `AGENTSCHED_METRICS_PORT` through
-prometheus-client's own HTTP server (a daemon thread), without the API key.
+`MetricsServer` serves the default registry on `AGENTSCHED_METRICS_PORT` (a daemon
+thread, a thread per request), without the API key. It answers with
+`metrics.render()` (agentsched's own series written directly, the rest through
+prometheus-client), gzipped when asked, and stops at once, not at its next poll.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import logging
+import selectors
+import socket
+import socketserver
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import redis.asyncio as aioredis
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agentsched.keys import Keys
+from agentsched.observability import metrics
 
 log = logging.getLogger("agentsched.metrics")
 READ_TIMEOUT = 2.0
@@ -158,30 +166,89 @@ GAUGES = RedisGauges()
 REGISTRY.register(GAUGES)
 
 
+def metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    """The WSGI app of a metrics port: the text format of the default registry."""
+    if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"metrics are at /metrics\n"]
+    body = metrics.render()
+    headers = [("Content-Type", CONTENT_TYPE_LATEST)]
+    if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+        # Level 1: 170 KB of samples become 8 KB in 0.2 ms (level 9: 6.7 KB in 3 ms).
+        body = gzip.compress(body, compresslevel=1)
+        headers.append(("Content-Encoding", "gzip"))
+    start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds are not worth a log line each."""
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scraper never holds up a shutdown
+
+    def serve_until_woken(self, wake: socket.socket) -> None:
+        # socketserver's serve_forever() notices a shutdown only at its next poll (0.5 s
+        # by default), and every worker's shutdown would wait that long; this loop
+        # sleeps until a scrape or the wake-up byte, whichever comes first.
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(wake, selectors.EVENT_READ)
+            while True:
+                ready = selector.select()
+                if any(key.fileobj is wake for key, _ in ready):
+                    return
+                self.handle_request()
+
+
 class MetricsServer:
     """This process's metrics on its own port, plus the Redis gauges of its app."""
 
-    def __init__(self, source: Source | None, port: int | None) -> None:
+    def __init__(self, source: Source | None, port: int | None, host: str = "0.0.0.0") -> None:
         self.source = source
         self.port = port
-        self._server: Any = None
+        self.host = host
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None
 
     def start(self) -> MetricsServer:
         if self.source is not None:
             GAUGES.add(self.source)
         if self.port is not None:
             try:
-                self._server, _thread = start_http_server(self.port)
+                self._serve(self.port)
             except OSError as exc:  # jobs matter more than their metrics: keep running
-                log.error("AGENTSCHED_METRICS_PORT: cannot serve on %s: %s", self.port, exc)
+                log.error(
+                    "AGENTSCHED_METRICS_PORT: cannot serve on %s:%s: %s", self.host, self.port, exc
+                )
             else:
-                log.info("metrics on http://0.0.0.0:%d/metrics", self.port)
+                log.info("metrics on http://%s:%d/metrics", self.host, self.port)
         return self
+
+    def _serve(self, port: int) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        server_class = type("_MetricsServer", (_Server,), {"address_family": family})
+        server = server_class((self.host, port), _QuietHandler)
+        server.set_app(metrics_app)
+        self._server, self._wake = server, socket.socketpair()
+        self._thread = threading.Thread(
+            target=server.serve_until_woken,
+            args=(self._wake[0],),
+            name="agentsched-metrics",
+            daemon=True,
+        )
+        self._thread.start()
 
     def stop(self) -> None:
         if self.source is not None:
             GAUGES.remove(self.source)
-        if self._server is not None:
-            self._server.shutdown()
+        if self._server is not None and self._wake is not None and self._thread is not None:
+            self._wake[1].send(b"x")
+            self._thread.join(5)
             self._server.server_close()
-            self._server = None
+            for end in self._wake:
+                end.close()
+            self._server = self._thread = self._wake = None
