@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     # issue 13: observability
     # Port of this process's Prometheus metrics, served without the API key (off: unset).
     metrics_port: int | None = Field(default=None, ge=1, le=65_535)
+    # Interface of that port: loopback unless a scraper on another host needs it (compose).
+    metrics_host: str = "127.0.0.1"
     # Count metrics at all (false: every counting call returns at once).
     metrics_enabled: bool = True
     # Spans through OpenTelemetry when it is installed and a tracer provider is set.

@@ -298,3 +298,34 @@ def test_the_metrics_port_stops_at_once() -> None:
         began = time.perf_counter()
         server.stop()
         assert time.perf_counter() - began < 0.1
+
+
+def outward_address() -> str | None:
+    """This host's address on its default route (no packet is sent), if not loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+async def test_the_worker_port_listens_on_loopback_unless_told_otherwise(
+    settings: Settings, run_worker: Callable[..., Any]
+) -> None:
+    address = outward_address()
+    if address is None:
+        pytest.skip("no network interface but loopback")
+    private, public = free_port(), free_port()
+    await run_worker(metrics_port=private)
+    await run_worker(metrics_port=public, metrics_host="0.0.0.0")
+    assert value(await scrape(private), "agentsched_workers_alive", app=settings.app) is not None
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient() as client:
+            await client.get(f"http://{address}:{private}/metrics", timeout=5)
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"http://{address}:{public}/metrics", timeout=5)
+    assert response.status_code == 200
+    assert load_settings(metrics_host="0.0.0.0").metrics_host == "0.0.0.0"
+    assert load_settings().metrics_host == "127.0.0.1"

@@ -44,6 +44,10 @@ def test_prometheus_scrapes_every_api_and_worker_on_the_metrics_port() -> None:
     assert len(agentsched) == 10  # five APIs, five workers
     ports = {services[name]["environment"]["AGENTSCHED_METRICS_PORT"] for name in agentsched}
     assert ports == {"9100"}
+    # The port listens on loopback unless told: Prometheus, in its own container, needs all.
+    hosts = {services[name]["environment"].get("AGENTSCHED_METRICS_HOST") for name in agentsched}
+    assert hosts == {"0.0.0.0"}
+    assert all("9100" not in str(services[name].get("ports", [])) for name in agentsched)
     prometheus = services["prometheus"]
     [mount] = prometheus["configs"]
     assert mount["source"] == "prometheus-config"

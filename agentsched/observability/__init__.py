@@ -28,8 +28,9 @@ def observe_process(settings: Settings, redis: aioredis.Redis) -> MetricsServer:
     """Apply the observability settings to this process and start its metrics.
 
     Counts (or not) per `AGENTSCHED_METRICS_ENABLED`, reads the app's queue gauges
-    from `redis` at scrape time, serves `AGENTSCHED_METRICS_PORT` when set, allows
-    spans per `AGENTSCHED_TRACING` and formats logs per `AGENTSCHED_LOG_FORMAT`.
+    from `redis` at scrape time, serves `AGENTSCHED_METRICS_PORT` on
+    `AGENTSCHED_METRICS_HOST` when set, allows spans per `AGENTSCHED_TRACING` and
+    formats logs per `AGENTSCHED_LOG_FORMAT`.
     Call `stop()` on the result at shutdown.
     """
     # `_created` samples double every counter's lines in the text format, and Prometheus
@@ -44,4 +45,4 @@ def observe_process(settings: Settings, redis: aioredis.Redis) -> MetricsServer:
         Keys(settings.redis_prefix, settings.app),
         settings.lease_seconds,
     )
-    return MetricsServer(source, settings.metrics_port).start()
+    return MetricsServer(source, settings.metrics_port, settings.metrics_host).start()

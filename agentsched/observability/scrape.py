@@ -8,8 +8,9 @@ the scraping thread; the Redis client belongs to the process's event loop, so th
 is handed to that loop and the thread waits for it (at most `READ_TIMEOUT`). A scrape
 must therefore never run on the loop itself: the API renders in a thread.
 
-`MetricsServer` serves the default registry on `AGENTSCHED_METRICS_PORT` (a daemon
-thread, a thread per request), without the API key. It answers with
+`MetricsServer` serves the default registry on `AGENTSCHED_METRICS_HOST` and
+`AGENTSCHED_METRICS_PORT` (a daemon thread, a thread per request), without the API key:
+hence 127.0.0.1 unless a scraper elsewhere must reach it. It answers with
 `metrics.render()` (agentsched's own series written directly, the rest through
 prometheus-client), gzipped when asked, and stops at once, not at its next poll.
 """
@@ -206,7 +207,7 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
 class MetricsServer:
     """This process's metrics on its own port, plus the Redis gauges of its app."""
 
-    def __init__(self, source: Source | None, port: int | None, host: str = "0.0.0.0") -> None:
+    def __init__(self, source: Source | None, port: int | None, host: str = "127.0.0.1") -> None:
         self.source = source
         self.port = port
         self.host = host
