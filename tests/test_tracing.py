@@ -19,11 +19,15 @@ from typing import Any
 
 import httpx
 import pytest
-from opentelemetry import trace
+from opentelemetry import propagate, trace
+from opentelemetry.context import attach as trace_context_attach
+from opentelemetry.context import detach as trace_context_detach
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.util._once import Once
 from redis.exceptions import ResponseError
 
@@ -247,3 +251,155 @@ async def test_a_scheduled_run_starts_a_trace_of_its_own(
     assert scheduled.context.trace_id != caller.get_span_context().trace_id
     assert by_hand.parent is not None
     assert by_hand.parent.span_id == caller.get_span_context().span_id
+
+
+def remote_parent(state: str = "vendor=v1") -> Any:
+    """The context of a span another service started, whose trace has a tracestate."""
+    parent = SpanContext(
+        int("4bf92f3577b34da6a3ce929d0e0e4736", 16),
+        int("00f067aa0ba902b7", 16),
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_state=TraceState.from_header([state]),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(parent))
+
+
+def only(spans: list[ReadableSpan], name: str, app: str) -> ReadableSpan:
+    [span] = [
+        s
+        for s in spans
+        if s.name == name and s.attributes and s.attributes["agentsched.app"] == app
+    ]
+    return span
+
+
+async def test_subscribers_get_the_trace_context_and_a_span_in_its_trace(
+    settings: Settings, exporter: InMemorySpanExporter
+) -> None:
+    seen: list[tuple[dict[str, str], int]] = []
+    async with (
+        EventBus("tc-sender", settings=settings) as sender,
+        EventBus("tc-receiver", settings=settings) as receiver,
+        receiver.subscribe("scraper.*") as events,
+    ):
+        token = trace_context_attach(remote_parent())
+        try:
+            published = await sender.publish("scraper.page_fetched", {"url": "u"})
+        finally:
+            trace_context_detach(token)
+        with pytest.raises(TypeError):  # trace_context is read-only
+            published.trace_context["traceparent"] = "x"  # type: ignore[index]
+        async for event in events:
+            with receiver.handling(event):
+                inner = trace.get_current_span().get_span_context()
+                seen.append((dict(event.trace_context), inner.span_id))
+            break
+        tail = sender.tail("scraper.*", from_id="0")
+        tailed = await anext(tail)
+        await tail.aclose()  # type: ignore[attr-defined]
+    spans = exporter.get_finished_spans()
+    publish = only(list(spans), "agentsched.publish scraper.page_fetched", "tc-sender")
+    handle = only(list(spans), "agentsched.handle scraper.page_fetched", "tc-receiver")
+    ctx = publish.context
+    traceparent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01"
+    [(carried, current)] = seen
+    assert carried == {"traceparent": traceparent, "tracestate": "vendor=v1"}
+    assert dict(published.trace_context) == carried == dict(tailed.trace_context)
+    assert handle.parent is not None and handle.parent.span_id == ctx.span_id
+    assert handle.context.trace_id == ctx.trace_id == int("4bf92f3577b34da6a3ce929d0e0e4736", 16)
+    assert handle.context.trace_state.to_header() == "vendor=v1"
+    assert current == handle.context.span_id  # the block ran inside it
+    assert handle.attributes is not None and handle.attributes["agentsched.status"] == "success"
+
+
+async def test_a_failure_in_the_handling_block_is_recorded(
+    settings: Settings, exporter: InMemorySpanExporter
+) -> None:
+    async with EventBus("tc-failing", settings=settings) as bus:
+        event = await bus.publish("scraper.page_failed", {})
+        with pytest.raises(ValueError), bus.handling(event):
+            raise ValueError("no luck")
+    handle = only(list(exporter.get_finished_spans()), "agentsched.handle scraper.page_failed",
+                  "tc-failing")  # fmt: skip
+    assert handle.attributes is not None and handle.attributes["agentsched.status"] == "failed"
+    assert [e.attributes["exception.type"] for e in handle.events if e.attributes] == ["ValueError"]
+
+
+def test_an_untraced_event_has_an_empty_context() -> None:
+    event = EventMessage.model_validate(
+        {"id": "e", "event_type": "a.b", "source_agent": "s", "created_at": 0}
+    )
+    assert dict(event.trace_context) == {}
+    assert "trace_context" not in event.model_dump()
+
+
+class _OtherKeys(TextMapPropagator):
+    """A propagator writing a header of its own, as B3 or Jaeger's do."""
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+        carrier["x-other-trace"] = "1"
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+        return context
+
+    @property
+    def fields(self) -> set[str]:
+        return {"x-other-trace"}
+
+
+def test_the_job_carries_w3c_context_whatever_the_global_propagator(
+    exporter: InMemorySpanExporter,
+) -> None:
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(_OtherKeys())
+    try:
+        metadata: dict[str, Any] = {}
+        token = trace_context_attach(remote_parent("vendor=v2"))
+        try:
+            span = tracing.start_enqueue("tests.noop", "tc-app", metadata)
+        finally:
+            trace_context_detach(token)
+        tracing.end(span, execution_id="e1")
+        tracing.take_context({"tc": metadata})
+        run = tracing.run_span("tests.noop", "tc-app", "e1", 1)
+        run.end("success")
+    finally:
+        propagate.set_global_textmap(previous)
+    ctx = span.get_span_context()
+    assert metadata == {
+        "traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-01",
+        "tracestate": "vendor=v2",
+    }
+    [ran] = [s for s in exporter.get_finished_spans()
+             if s.name == "agentsched.run tests.noop" and s.attributes
+             and s.attributes["agentsched.app"] == "tc-app"]  # fmt: skip
+    assert ran.parent is not None and ran.parent.span_id == ctx.span_id
+    assert ran.context.trace_state.to_header() == "vendor=v2"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+    ],
+)
+def test_a_bad_traceparent_is_no_parent(value: str | None) -> None:
+    assert tracing.parse_traceparent(value) is None
+
+
+def test_a_traceparent_is_read_as_w3c_says() -> None:
+    parsed = tracing.parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    assert parsed == (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, 1)
+    # A later version may append fields: the first four still count.
+    assert tracing.parse_traceparent(
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what-comes"
+    ) == (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, 0)

@@ -32,6 +32,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -52,6 +53,7 @@ from agentsched.events.message import (
     matcher,
     to_dead_letter,
     to_str,
+    trace_fields,
 )
 from agentsched.keys import Keys
 from agentsched.observability import metrics, tracing
@@ -269,18 +271,18 @@ class EventBus:
         limit = self.settings.event_max_payload
         if len(data) > limit and (size := len(orjson.dumps(payload))) > limit:
             raise InvalidEvent("payload", f"is {size} bytes as JSON, over the limit of {limit}")
-        span, tp = tracing.start_publish(event_type, self.agent)  # (None, None): no tracing
+        span, trace = tracing.start_publish(event_type, self.agent)  # (None, {}): no tracing
         try:  # XADD spelled out: redis-py's xadd() costs a few microseconds more per call
             sid = await self._client().execute_command(  # type: ignore[no-untyped-call]
                 "XADD", self.stream, "MAXLEN", "~", self.settings.event_maxlen, "*", "data", data,
-                *(("tp", tp) if tp else ()),
+                *trace_fields(trace),
             )  # fmt: skip
         except TRANSIENT as exc:
             tracing.end(span, exc)
             raise self._unavailable(exc) from None
         tracing.end(span)
         metrics.event_published(self.agent, event_type)
-        return EventMessage.trusted(values, to_str(sid))
+        return EventMessage.trusted(values, to_str(sid), trace)
 
     def subscribe(self, *patterns: str, group: str | None = None) -> Subscription:
         """Events whose type matches any fnmatch-style pattern (none: all), read in the group.
@@ -336,9 +338,14 @@ class EventBus:
         finally:
             await reader.close()
 
+    def handling(self, event: EventMessage) -> AbstractContextManager[None]:
+        """``with bus.handling(event):`` runs the block in ``agentsched.handle <type>``, a child
+        of the publisher's span, as `on` callbacks do; an exception leaving it is recorded."""
+        return tracing.handle_span(event.event_type, self.agent, event.trace_context)
+
     async def _dispatch(self, event: EventMessage) -> bool:
         failure: Exception | None = None
-        span = tracing.handle_span(event.event_type, self.agent, event._traceparent)
+        span = tracing.handle_span(event.event_type, self.agent, event.trace_context)
         for match, handler, is_async in self._callbacks:
             if not match(event.event_type):
                 continue
@@ -414,7 +421,7 @@ class EventBus:
                 last = to_str(raw_id)
                 event = decode(fields)
                 if not isinstance(event, str) and match(event.event_type):
-                    event._stream_id = last
+                    event._read_from(last, fields)
                     batch.append(event)
             yield batch
 

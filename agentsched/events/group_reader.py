@@ -269,9 +269,7 @@ class GroupReader:
             elif (event.target_agent is None or event.target_agent == agent) and self._match(
                 event.event_type
             ):
-                event._stream_id = sid
-                if tp := fields.get(b"tp"):
-                    event._traceparent = to_str(tp)
+                event._read_from(sid, fields)
                 self._buf.append((sid, event))
                 delivered += 1
             else:

@@ -2,16 +2,19 @@
 
 One stream ``{prefix}events``; each entry has one field ``data`` holding the JSON of an
 `EventMessage` (``created_at`` as ISO 8601 or unix seconds: the worker's Lua writes a
-number). Dead letters live in ``{prefix}events:dead``: the original fields plus ``group``,
-``agent``, ``reason``, ``deliveries`` and ``original_id``.
+number), and when the publisher was traced ``tp`` and ``ts``: the W3C ``traceparent``
+and ``tracestate`` of its span (`EventMessage.trace_context`). Dead letters live in
+``{prefix}events:dead``: the original fields plus ``group``, ``agent``, ``reason``,
+``deliveries`` and ``original_id``.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
@@ -20,6 +23,7 @@ from agentsched.errors import InvalidEvent
 from agentsched.settings import NAME_RE
 
 _STREAM_ID = re.compile(r"\$|\d{1,20}(-\d{1,20})?")
+_NO_TRACE: Mapping[str, str] = MappingProxyType({})
 
 
 class EventMessage(BaseModel):
@@ -32,7 +36,7 @@ class EventMessage(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
     _stream_id: str | None = PrivateAttr(default=None)
-    _traceparent: str | None = PrivateAttr(default=None)  # the publisher's span, if traced
+    _trace: Mapping[str, str] | None = PrivateAttr(default=None)  # the publisher's span
 
     @field_validator("created_at")
     @classmethod
@@ -45,8 +49,30 @@ class EventMessage(BaseModel):
         """The id of the stream entry this event was read from or written to."""
         return self._stream_id
 
+    @property
+    def trace_context(self) -> Mapping[str, str]:
+        """The W3C trace context of the span that published this event: ``traceparent``,
+        and ``tracestate`` when it has one; empty when the publisher was not traced.
+
+        Read-only. For a span of your own in the publisher's trace, hand it to
+        ``opentelemetry.propagate.extract(event.trace_context)``, or run the handling in
+        ``with bus.handling(event):`` (what `EventBus.on` callbacks get).
+        """
+        return self._trace or _NO_TRACE
+
+    def _read_from(self, stream_id: str, fields: Mapping[Any, Any]) -> None:
+        """Remember the stream entry this event came from, and its trace context."""
+        self._stream_id = stream_id
+        if tp := fields.get(b"tp", fields.get("tp")):
+            carrier = {"traceparent": to_str(tp)}
+            if ts := fields.get(b"ts", fields.get("ts")):
+                carrier["tracestate"] = to_str(ts)
+            self._trace = MappingProxyType(carrier)
+
     @classmethod
-    def trusted(cls, values: dict[str, Any], stream_id: str | None) -> EventMessage:
+    def trusted(
+        cls, values: dict[str, Any], stream_id: str | None, trace: Mapping[str, str] | None = None
+    ) -> EventMessage:
         """An event from values the caller already checked, without validation.
 
         `EventBus.publish` builds one per call; `model_construct` costs it 3-5x more.
@@ -55,7 +81,8 @@ class EventMessage(BaseModel):
         object.__setattr__(event, "__dict__", values)
         object.__setattr__(event, "__pydantic_fields_set__", _FIELDS)
         object.__setattr__(event, "__pydantic_extra__", None)
-        private = {"_stream_id": stream_id, "_traceparent": None}
+        carrier = MappingProxyType(dict(trace)) if trace else None
+        private = {"_stream_id": stream_id, "_trace": carrier}
         object.__setattr__(event, "__pydantic_private__", private)
         return event
 
@@ -74,6 +101,14 @@ class DeadLetter(BaseModel):
     deliveries: int
     data: str | None
     event: EventMessage | None  # None when `data` is not a valid event
+
+
+def trace_fields(trace: Mapping[str, str]) -> tuple[str, ...]:
+    """The fields of a stream entry that carry a trace context (none: not traced)."""
+    if not trace.get("traceparent"):
+        return ()
+    state = trace.get("tracestate")
+    return ("tp", trace["traceparent"], "ts", state) if state else ("tp", trace["traceparent"])
 
 
 def to_str(value: bytes | str) -> str:

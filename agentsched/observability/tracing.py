@@ -11,7 +11,13 @@ The trace context travels in W3C form (`traceparent`, `tracestate`): `enqueue` s
 in the execution's metadata (so an execution names its trace) and a copy rides in the
 arq job payload under `tc`, which the worker's deserializer takes out before arq reads
 the payload; each attempt's span is then a child of the enqueue span, retries included.
-An event carries it in its stream entry beside the event, as field `tp`.
+An event carries it in its stream entry beside the event, as fields `tp` and `ts`.
+
+The carrier is written and read here, from the span's own ids, not through the global
+propagator: it is agentsched's own record (a user's B3 or Jaeger propagator would
+write keys nobody reads back), and it costs a fraction of `propagate.inject/extract`.
+Two spans a job is the price of tracing; everything around them is kept small: the
+attributes are given at the start (samplers see them), once.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from agentsched.serialization import dumps
 TRACER_NAME = "agentsched"
 CARRIER_KEYS = ("traceparent", "tracestate")
 PAYLOAD_KEY = "tc"
+_HEX = frozenset("0123456789abcdef")
 
 _otel: Any = None  # None: not looked for yet; False: off; else the imported API modules
 # The carrier of the job being run: set by the deserializer inside arq's run_job, which
@@ -35,13 +42,23 @@ incoming: ContextVar[dict[str, str] | None] = ContextVar("agentsched_trace", def
 
 class _Api:
     def __init__(self) -> None:
-        from opentelemetry import context, propagate, trace
-        from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, StatusCode
+        from opentelemetry import context, trace
+        from opentelemetry.trace import (
+            NonRecordingSpan,
+            NoOpTracerProvider,
+            ProxyTracerProvider,
+            SpanContext,
+            StatusCode,
+            TraceFlags,
+            TraceState,
+        )
 
-        self.trace, self.propagate, self.context = trace, propagate, context
+        self.trace, self.context = trace, context
         self.unset = (NoOpTracerProvider, ProxyTracerProvider)
         self.error = StatusCode.ERROR
         self.kind = trace.SpanKind
+        self.remote_span = NonRecordingSpan
+        self.span_context, self.flags, self.state = SpanContext, TraceFlags, TraceState
         self._provider: Any = None
         self._tracer: Any = None
 
@@ -54,6 +71,50 @@ class _Api:
         # An SDK provider builds a new Tracer per get_tracer(): keep one per provider.
         self._provider, self._tracer = provider, provider.get_tracer(TRACER_NAME)
         return self._tracer
+
+    def parent(self, carrier: Mapping[str, str] | None) -> Any:
+        """The context whose span is the remote parent `carrier` names (None: none)."""
+        if not carrier:
+            return None
+        ids = parse_traceparent(carrier.get("traceparent"))
+        if ids is None:
+            return None
+        trace_id, span_id, flags = ids
+        header = carrier.get("tracestate")
+        state = self.state.from_header([header]) if header else None
+        remote = self.span_context(
+            trace_id, span_id, is_remote=True, trace_flags=self.flags(flags), trace_state=state
+        )
+        return self.trace.set_span_in_context(self.remote_span(remote))
+
+
+def parse_traceparent(value: Any) -> tuple[int, int, int] | None:
+    """(trace id, span id, flags) of a W3C `traceparent`, or None if it is not one."""
+    if not isinstance(value, str) or len(value) < 55:
+        return None
+    parts = value.split("-")
+    if len(parts) < 4 or [len(p) for p in parts[:4]] != [2, 32, 16, 2]:
+        return None
+    version, trace_hex, span_hex, flags_hex = parts[:4]
+    if version == "ff" or (version == "00" and len(parts) != 4):
+        return None
+    if not _HEX.issuperset(version + trace_hex + span_hex + flags_hex):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    return trace_id, span_id, int(flags_hex, 16)
+
+
+def carrier_of(span: Any) -> dict[str, str]:
+    """The W3C carrier (`traceparent`, and `tracestate` when not empty) of `span`."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return {}
+    carrier = {"traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"}
+    if ctx.trace_state:
+        carrier["tracestate"] = ctx.trace_state.to_header()
+    return carrier
 
 
 def configure(enabled: bool) -> None:
@@ -101,9 +162,7 @@ def start_enqueue(function: str, app: str, metadata: dict[str, Any], *, root: bo
         kind=_otel.kind.PRODUCER,
         attributes={"agentsched.app": app, "agentsched.function": function},
     )
-    carrier: dict[str, str] = {}
-    _otel.propagate.inject(carrier, context=_otel.trace.set_span_in_context(span))
-    metadata.update(carrier)
+    metadata.update(carrier_of(span))
     return span
 
 
@@ -111,8 +170,8 @@ def end(span: Any, exc: BaseException | None = None, **attributes: Any) -> None:
     """End a span from this module, recording `exc` on it when given."""
     if span is None:
         return
-    for name, value in attributes.items():
-        span.set_attribute(f"agentsched.{name}", value)
+    if attributes and span.is_recording():
+        span.set_attributes({f"agentsched.{name}": value for name, value in attributes.items()})
     if exc is not None:
         span.record_exception(exc)
         span.set_status(_otel.error, f"{type(exc).__name__}: {exc}"[:200])
@@ -135,7 +194,8 @@ def take_context(data: dict[str, Any]) -> None:
 
 # --- spans made current: a run attempt, a handled event --------------------------------
 class Current:
-    """A span that is the current one (so the user's own spans nest) until `end`."""
+    """A span that is the current one (so the user's own spans nest) until `end`, or
+    until the `with` block it is used in ends (status failed if an exception left it)."""
 
     __slots__ = ("span", "token")
 
@@ -145,8 +205,8 @@ class Current:
         tracer = _tracer()
         if tracer is None:
             return
-        parent = _otel.propagate.extract(carrier) if carrier else None
         kind = _otel.kind.CONSUMER
+        parent = _otel.parent(carrier)
         self.span = tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
         self.token = _otel.context.attach(_otel.trace.set_span_in_context(self.span))
 
@@ -158,6 +218,12 @@ class Current:
             self.token = None
         end(self.span, exc, status=status)
         self.span = None
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        self.end("failed" if exc is not None else "success", exc)
 
 
 def run_span(function: str, app: str, execution_id: str, attempt: int) -> Current:
@@ -173,29 +239,26 @@ def run_span(function: str, app: str, execution_id: str, attempt: int) -> Curren
     return Current(f"agentsched.run {function}", incoming.get(), attributes)
 
 
-def handle_span(event_type: str, agent: str, traceparent: str | None) -> Current:
-    """`agentsched.handle <type>` around an event's callbacks, a child of its publish span."""
+def handle_span(event_type: str, agent: str, carrier: Mapping[str, str] | None) -> Current:
+    """`agentsched.handle <type>` around an event's handling, a child of its publish span."""
     if _otel is False:
         return _OFF
-    carrier = {"traceparent": traceparent} if traceparent else None
     attributes = {"agentsched.app": agent, "agentsched.event_type": event_type}
     return Current(f"agentsched.handle {event_type}", carrier, attributes)
 
 
 # --- publishing an event ------------------------------------------------------------------
-def start_publish(event_type: str, agent: str) -> tuple[Any, str | None]:
-    """Start `agentsched.publish <type>`; (span, traceparent for the stream entry)."""
+def start_publish(event_type: str, agent: str) -> tuple[Any, dict[str, str]]:
+    """Start `agentsched.publish <type>`; (span, its carrier for the stream entry)."""
     tracer = _tracer()
     if tracer is None:
-        return None, None
+        return None, {}
     span = tracer.start_span(
         f"agentsched.publish {event_type}",
         kind=_otel.kind.PRODUCER,
         attributes={"agentsched.app": agent, "agentsched.event_type": event_type},
     )
-    carrier: dict[str, str] = {}
-    _otel.propagate.inject(carrier, context=_otel.trace.set_span_in_context(span))
-    return span, carrier.get("traceparent")
+    return span, carrier_of(span)
 
 
 _OFF = Current.__new__(Current)  # tracing off: one shared span-less object, nothing allocated
