@@ -12,6 +12,7 @@ import textwrap
 from typing import Any
 
 import pytest
+from arq.utils import args_to_string
 
 from agentsched.jobs.queue import TaskQueue
 from agentsched.jobs.runtime import Runtime
@@ -96,7 +97,41 @@ def test_redaction_keeps_names_only() -> None:
     assert redact_arguments("") == ""
     assert redact_arguments("1, 'x'") == "…"
     assert redact_arguments("api_key='sk-1', n=3") == "api_key=…, n=…"
-    assert redact_arguments("'a, b=c', token='t'") == "…, b=…, token=…"  # never a value
+    assert redact_arguments("'a, b=c', token='t'") == "…, token=…"  # never a value
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "redacted"),
+    [
+        ([{"k": "v, secretvalue=1"}], {}, "…"),
+        ([], {"opts": {"k": "v, leaked=1"}}, "opts=…"),
+        ([["a, b=1", ["c, d=2"]]], {"z": 1}, "…, z=…"),
+        (["it's, x=1"], {"q": 'say "hi", y=2'}, "…, q=…"),  # repr picks the other quote
+        (["back\\slash', w=1"], {"n": None}, "…, n=…"),  # an escaped quote ends nothing
+        (["(, p=1", "[, r=2", "{, s=3"], {"t": ")]}, u=4"}, "…, t=…"),
+        ([], {"b": [1, {"c": "d, e=f"}], "a": "x"}, "a=…, b=…"),  # arq sorts the names
+    ],
+)
+def test_redaction_ignores_name_lookalikes_inside_values(
+    args: list[Any], kwargs: dict[str, Any], redacted: str
+) -> None:
+    rendered = args_to_string(args, kwargs)  # exactly what arq logs
+    assert len(rendered) <= 80, "this case should not be cut"
+    assert redact_arguments(rendered) == redacted
+
+
+@pytest.mark.parametrize("secret", ["'sk, leaked=1", '"sk, leaked=2', "sk, leaked=3) ]"])
+def test_redaction_of_a_cut_rendering_shows_no_value(secret: str) -> None:
+    # arq cuts at 80 characters: the cut may fall anywhere in a value, string or not.
+    for padding in range(50, 72):
+        rendered = args_to_string([], {"api_key": "x" * padding + secret + "y" * 20, "z": 1})
+        assert rendered.endswith("…") and len(rendered) == 80
+        assert redact_arguments(rendered) == "api_key=…", rendered
+        nested = args_to_string([{"deep": ["y" * (padding - 40) + secret]}], {"token": secret * 9})
+        assert redact_arguments(nested) == "…, token=…", nested
+    # The cut in a name: what is left of it is not a name.
+    cut = args_to_string(["p" * 70], {"password": "hunter2"})
+    assert cut.endswith("passw…") and redact_arguments(cut) == "…"
 
 
 async def test_a_debug_worker_never_logs_keyword_values(

@@ -35,7 +35,7 @@ from agentsched.errors import ConfigError
 # (execution id, function, attempt) of the attempt running in this context.
 _current: ContextVar[tuple[str, str, int] | None] = ContextVar("agentsched_log", default=None)
 _ARQ_START = "%6.2fs → %s(%s)%s"  # arq.worker's job-start line; its 3rd value holds the args
-_KEYWORD = re.compile(r"(?:^|, )([A-Za-z_][A-Za-z0-9_]*)=")
+_KEYWORD = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)=")
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -112,12 +112,47 @@ class Formatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+def _top_level_items(rendered: str) -> list[str]:
+    """arq's rendering split at its separators: commas outside brackets and quotes.
+
+    arq writes `repr(arg), ..., name=repr(value), ...` and cuts the whole at 80
+    characters with "…"; a value's repr may hold commas, `name=` and quotes of its own,
+    so only a comma at depth 0 outside a string literal ends an item. A cut leaves the
+    last item unfinished (inside a string, say), which changes nothing before it.
+    """
+    items, depth, quote, escaped, start = [], 0, "", False, 0
+    for i, char in enumerate(rendered):
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0:
+            items.append(rendered[start:i])
+            start = i + 1
+    items.append(rendered[start:])
+    return items
+
+
 def redact_arguments(rendered: str) -> str:
     """`a, b, key='v'` (arq's rendering) as `…, key=…`: names only, never a value."""
     if not rendered:
         return ""
-    names = [f"{name}=…" for name in _KEYWORD.findall(rendered)]
-    positional = not _KEYWORD.match(rendered)
+    names, positional = [], False
+    for item in _top_level_items(rendered):
+        keyword = _KEYWORD.match(item)
+        if keyword is None:
+            positional = True  # a value, or a name the cut at 80 characters left unfinished
+        else:
+            names.append(f"{keyword.group(1)}=…")
     return ", ".join((["…"] if positional else []) + names)
 
 
