@@ -105,6 +105,7 @@ class JobRunner:
         self.leases.attach(self.runtime, self.tracker)
         self.rides.orphaned = self.leases.orphaned
         self.rides.finished = self.leases.remember
+        self.rides.holding_ms = self.leases.holding_ms
         OUTAGE.on_recovered.append(self.leases.after_outage)
         self._recorder = Recorder(
             self.runtime.redis,

@@ -31,7 +31,7 @@ from typing import Any
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from agentsched.jobs.tracker import Tracker
 from agentsched.jobs.wake import Waker
@@ -65,6 +65,8 @@ class StatusRides:
         # job id -> the replies of arq's fetch transaction, made by the claim already.
         self.fetched: dict[str, list[Any]] = {}
         self.waker: Waker | None = None
+        # ms this worker still holds off recovering expired leases after an outage.
+        self.holding_ms: Callable[[], int] | None = None
 
     def extra_for(
         self, stack: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]]
@@ -126,7 +128,10 @@ class RidingPipeline(Pipeline):
         if tracker is None:  # not started yet: nothing may run
             self._claimed = (1, None, False)
             return 1
-        command = tracker.claim_start_command(job_id, self.rides.worker, self.rides.in_progress_ms)
+        hold = self.rides.holding_ms() if self.rides.holding_ms is not None else 0
+        command = tracker.claim_start_command(
+            job_id, self.rides.worker, self.rides.in_progress_ms, hold
+        )
         reply = await run_script(self, tracker, command)
         exists, score = int(reply[0]), (float(reply[1]) if reply[1] else None)
         claimed = len(reply) > 2
@@ -174,14 +179,9 @@ class RidingPipeline(Pipeline):
         tracker = self.rides.tracker
         if not kind or tracker is None:
             return await super().execute(raise_on_error)
-        if kind == "start":
-            command = tracker.start_command(job_id, self.rides.worker)
-        else:
-            command = self.rides.finishes.pop(job_id)
-            waker = self.rides.waker
-            job_task = asyncio.current_task()  # arq's run_job: its end frees the slot
-            if waker is not None and job_task is not None:
-                job_task.add_done_callback(waker.slot_freed)
+        if kind == "finish":
+            return await self._finish(tracker, job_id)
+        command = tracker.start_command(job_id, self.rides.worker)
         size = len(self.command_stack)
         self.execute_command(*command)
         results = await super().execute(raise_on_error=False)
@@ -190,17 +190,34 @@ class RidingPipeline(Pipeline):
             own = await tracker.run_command(command)
         elif isinstance(own, Exception):
             raise own
-        if kind == "start":
-            self.rides.started[job_id] = started_reply(own)
-        elif own in (b"", "") and self.rides.orphaned is not None:
-            self.rides.orphaned(job_id, command)
-        elif self.rides.finished is not None:
-            self.rides.finished(job_id, command)
+        self.rides.started[job_id] = started_reply(own)
         if raise_on_error:
             for result in results:
                 if isinstance(result, Exception):
                     raise result
         return results
+
+    async def _finish(self, tracker: Tracker, job_id: str) -> list[Any]:
+        """arq's finish transaction and the job's finish script, as one script call."""
+        command = self.rides.finishes.pop(job_id)
+        waker = self.rides.waker
+        job_task = asyncio.current_task()  # arq's run_job: its end frees the slot
+        if waker is not None and job_task is not None:
+            job_task.add_done_callback(waker.slot_freed)
+        commands = [args for args, _options in self.command_stack]
+        try:
+            own, error = await run_script(
+                self, tracker, tracker.finish_with_command(command, commands)
+            )
+        finally:
+            await self.reset()
+        if own in (b"", "") and self.rides.orphaned is not None:
+            self.rides.orphaned(job_id, command)
+        elif self.rides.finished is not None:
+            self.rides.finished(job_id, command)
+        if error:
+            raise ResponseError(error.decode() if isinstance(error, bytes) else str(error))
+        return [True] * len(commands)
 
 
 def started_reply(reply: Any) -> tuple[str, int]:

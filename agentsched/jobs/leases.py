@@ -59,6 +59,7 @@ class Leases:
             collections.OrderedDict()
         )
         self.started_ms = now_ms()
+        self.hold_until = 0.0
         self.done = 0  # jobs this worker finished (the dashboard's Workers page)
 
     def attach(self, runtime: Runtime, tracker: Tracker) -> None:
@@ -152,7 +153,14 @@ class Leases:
 
     def after_outage(self) -> None:
         """Redis is back: tell SQL the recent ends a restart without persistence lost."""
+        # At once, before any claim of this worker can recover a lease that ran out
+        # during the outage (resettle_recent's own write of the hold comes a moment later).
+        self.hold_until = time.monotonic() + 2 * self.settings.lease_seconds + BACKOFF_CAP
         self.spawn(self.resettle_recent())
+
+    def holding_ms(self) -> int:
+        """How long (ms) this worker still holds off recovering expired leases."""
+        return max(0, int((self.hold_until - time.monotonic()) * 1000))
 
     async def resettle_recent(self) -> None:
         """Send again the ends Redis may have lost (a restart, a failover to a replica).

@@ -112,7 +112,7 @@ return 'running'
 _CLAIM = """
 local inprog, queue, xkey, job, retry, abort = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
   KEYS[6]
-local id, now, ttl, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local id, now, ttl, worker, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5] or '0')
 local exists = redis.call('EXISTS', inprog)
 local score = redis.call('ZSCORE', queue, id)
 if exists == 1 or not score or tonumber(score) > tonumber(now) then
@@ -123,6 +123,9 @@ local payload = redis.call('GET', job)
 local try = redis.call('INCR', retry)
 redis.call('EXPIRE', retry, 88400)
 local aborted = redis.call('ZREM', abort, id)
+-- Just after an outage, a lease that ran out meanwhile is no proof its worker is gone
+-- (its end may still be on the way): this claim must not recover it.
+if hold > 0 then redis.call('SET', C.settling, worker, 'PX', hold, 'NX') end
 local started = start_job({xkey}, {id, now, worker, ''})
 local status, attempt = started, 0
 if type(started) == 'table' then status, attempt = started[1], started[2] end
@@ -171,6 +174,23 @@ local names = {success = 'task.completed', failed = 'task.failed', cancelled = '
 emit(xkey, records, events, maxlen, now, names[new], keep)
 return new
 """
+
+# arq's finish transaction and the finish script as one script (see arq_pool.py): arq's
+# commands (ARGV from 10: per command its argument count, then its arguments) run first,
+# as they did inside MULTI (each on its own: one that fails does not stop the others),
+# then the finish script. Returns {finish reply, first error of arq's commands or ''}.
+_FINISH_WITH = """
+local errors = ''
+local i = 10
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local reply = redis.pcall(unpack(ARGV, i + 1, i + n))
+  if type(reply) == 'table' and reply.err and errors == '' then errors = reply.err end
+  i = i + n + 1
+end
+return {finish_job(KEYS, {unpack(ARGV, 1, 9)}), errors}
+"""
+FINISH_WITH = f"local function finish_job(KEYS, ARGV)\n{FINISH}\nend\n{_FINISH_WITH}"
 
 CANCEL = """
 local xkey, queue, job, retry, abort, records, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4],

@@ -47,6 +47,7 @@ class Tracker:
         consts = self._constants()
         self._start = redis.register_script(lua.PRELUDE + consts + lua.START)
         self._claim_start = redis.register_script(lua.PRELUDE + consts + lua.CLAIM_START)
+        self._finish_with = redis.register_script(lua.PRELUDE + consts + lua.FINISH_WITH)
         self._poll = redis.register_script(lua.POLL)
         self._finish = redis.register_script(lua.PRELUDE + consts + lua.FINISH)
         self._progress = redis.register_script(lua.PRELUDE + consts + lua.PROGRESS)
@@ -156,9 +157,12 @@ class Tracker:
         return result
 
     def claim_start_command(
-        self, execution_id: str, worker: str, in_progress_ms: int
+        self, execution_id: str, worker: str, in_progress_ms: int, hold_ms: int = 0
     ) -> tuple[Any, ...]:
-        """arq's claim and fetch of a job with the start script, as one raw command."""
+        """arq's claim and fetch of a job with the start script, as one raw command.
+
+        `hold_ms` > 0 (this worker saw Redis come back lately): the script first makes
+        sure every worker holds off recovering expired leases that long."""
         k = self.keys
         keys = (
             k.in_progress(execution_id),
@@ -168,16 +172,27 @@ class Tracker:
             k.retry(execution_id),
             k.abort,
         )
-        args = (execution_id, now_ms(), in_progress_ms, worker)
+        args = (execution_id, now_ms(), in_progress_ms, worker, hold_ms)
         return ("EVALSHA", self._claim_start.sha, len(keys), *keys, *args)
 
     def poll_command(self, due_ms: int, offset: int, count: int) -> tuple[Any, ...]:
         """arq's poll of the queue, answering also when the earliest job is due."""
         return ("EVALSHA", self._poll.sha, 1, self.keys.queue, due_ms, offset, count)
 
+    def finish_with_command(
+        self, finish: tuple[Any, ...], commands: list[tuple[Any, ...]]
+    ) -> tuple[Any, ...]:
+        """`finish` (from `finish_command`) run after `commands` (arq's finish
+        transaction), atomically, as one script call."""
+        flat: list[Any] = []
+        for command in commands:
+            flat += [len(command), *command]
+        return ("EVALSHA", self._finish_with.sha, *finish[2:], *flat)
+
     def script_source(self, sha: str) -> str | None:
         """The text of one of this tracker's scripts, to load it again (NOSCRIPT)."""
-        for script in (self._start, self._finish, self._claim_start, self._poll):
+        scripts = (self._start, self._finish, self._claim_start, self._poll, self._finish_with)
+        for script in scripts:
             if script.sha == sha:
                 return str(script.script)
         return None
@@ -232,7 +247,7 @@ class Tracker:
 
     async def load_scripts(self) -> None:
         """Load the worker's scripts, so EVALSHA inside arq's transactions finds them."""
-        for script in (self._start, self._finish, self._claim_start, self._poll):
+        for script in (self._start, self._finish, self._claim_start, self._poll, self._finish_with):
             await self.redis.script_load(script.script)
 
     async def finish(self, execution_id: str, status: str, **options: Any) -> str:
