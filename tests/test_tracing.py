@@ -403,3 +403,13 @@ def test_a_traceparent_is_read_as_w3c_says() -> None:
     assert tracing.parse_traceparent(
         "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what-comes"
     ) == (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, 0)
+
+
+def test_an_execution_id_known_at_the_start_is_an_attribute_of_the_enqueue_span(
+    exporter: InMemorySpanExporter,
+) -> None:
+    span = tracing.start_enqueue("tests.noop", "tc-known", {}, execution_id="e-known")
+    assert span.attributes["agentsched.execution_id"] == "e-known"  # before it ends
+    tracing.end(span)
+    ended = only(list(exporter.get_finished_spans()), "agentsched.enqueue tests.noop", "tc-known")
+    assert ended.attributes is not None and ended.attributes["agentsched.execution_id"] == "e-known"

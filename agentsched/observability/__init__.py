@@ -1,6 +1,8 @@
 """Observability: Prometheus metrics, OpenTelemetry spans and structured logs.
 
 - `metrics.py` defines every metric and the functions code calls to count;
+- `series.py` keeps their numbers, hands them to prometheus-client's registry and
+  renders them for a metrics port;
 - `scrape.py` reads the Redis gauges at scrape time and serves a metrics port;
 - `tracing.py` makes spans when OpenTelemetry is installed and configured;
 - `logs.py` formats log lines (text or JSON) with the execution they are about.
