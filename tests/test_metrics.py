@@ -274,10 +274,13 @@ def test_the_port_says_what_prometheus_client_says() -> None:
         metrics.attempt_ran(app, "f", seconds)
     metrics.picked_up(app, -1.0)
     metrics.events_delivered(app, 3, redelivered=1)
+    metrics.events_dead_lettered(app, 1_500_000)
     fast, slow = metrics.render().decode(), generate_latest(REGISTRY).decode()
     assert ours(fast, app) == ours(slow, app)
-    # 3 execution counters, 12 + 2 run-time and 17 + 2 pickup samples, 2 bus counters.
-    assert len(ours(fast, app)) == 3 + 14 + 19 + 2
+    # 3 execution counters, 12 + 2 run-time and 17 + 2 pickup samples, 3 bus counters.
+    assert len(ours(fast, app)) == 3 + 14 + 19 + 3
+    dead = f'agentsched_events_dead_lettered_total{{app="{app}"}} 1.5e+06\n'
+    assert dead in fast and dead in slow  # numbers written as Go (and Prometheus) write them
     bucket = "agentsched_execution_duration_seconds_bucket"
     # `le` is inclusive: 0.005 falls in the 0.005 bucket, as prometheus-client has it.
     assert value(fast, bucket, app=app, function="f", le="0.005") == 1

@@ -46,8 +46,9 @@ def _go(value: float) -> str:
 
 
 def _number(value: float) -> str:
-    # Counts are whole numbers: "3.0" without floatToGoString's checks.
-    if value.is_integer() and abs(value) < 1e15:
+    # Counts are whole numbers: "3.0" without floatToGoString's checks (from a million
+    # on, Go writes an exponent).
+    if value.is_integer() and abs(value) < 1_000_000:
         return f"{int(value)}.0"
     return _go(value)
 
