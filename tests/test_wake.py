@@ -93,3 +93,31 @@ async def test_a_burst_worker_never_waits(settings: Settings) -> None:
     await worker.close()
     assert worker.jobs_complete == 3
     assert time.monotonic() - start < SLOW_POLL / 2
+
+
+async def test_a_worker_with_a_long_job_running_does_not_spin(
+    settings: Settings, run_worker: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    # arq keeps a running job in its queue: a poll that offered it again and again made
+    # the worker look at its queue every poll_delay (2 ms) for as long as the job ran.
+    from agentsched.jobs import arq_pool
+
+    polls = 0
+    original = arq_pool.RidingArqRedis._poll
+
+    async def counted(self: Any, *args: Any) -> Any:
+        nonlocal polls
+        polls += 1
+        return await original(self, *args)
+
+    monkeypatch.setattr(arq_pool.RidingArqRedis, "_poll", counted)
+    await run_worker(idle_poll=0.5)
+    gate = tmp_path / "gate"
+    async with TaskQueue(settings) as queue:
+        long = await queue.enqueue("tests.staged", kwargs={"gate": str(gate)})
+        await wait_status(queue, long.id, TaskStatus.RUNNING, 10)
+        before = polls
+        await asyncio.sleep(2.0)
+        assert polls - before <= 12, f"{polls - before} polls in 2 s while one job ran"
+        gate.write_text("go")
+        await wait_status(queue, long.id, TaskStatus.SUCCESS, 10)

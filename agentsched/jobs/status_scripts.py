@@ -133,12 +133,23 @@ return {0, score, payload, try, aborted, status, attempt}
 """
 CLAIM_START = f"local function start_job(KEYS, ARGV)\n{START}\nend\n{_CLAIM}"
 
-# arq's poll of its queue (ZRANGEBYSCORE) that also answers, when nothing is due, when
-# the earliest job is: {due ids, ''} or {{}, earliest score or ''}.
+# arq's poll of its queue (ZRANGEBYSCORE), answering only jobs that can be claimed: arq
+# keeps a running job in its queue until it ends, and a poll that returned those made an
+# idle-looking worker spin on claims that fail. Up to ARGV[3] due ids without a claim
+# (of the first 1,000 due), and when there are none the score of the earliest job not
+# yet due: {ids, ''} or {{}, earliest score or ''}.
 POLL = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', ARGV[2], ARGV[3])
+local now, offset, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', offset, 1000)
+local ids = {}
+for _, id in ipairs(due) do
+  if redis.call('EXISTS', 'arq:in-progress:' .. id) == 0 then
+    table.insert(ids, id)
+    if #ids >= count then break end
+  end
+end
 if #ids > 0 then return {ids, ''} end
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 return {ids, first[2] or ''}
 """
 
