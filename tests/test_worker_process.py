@@ -140,7 +140,6 @@ async def test_worker_runs_and_stops_on_sigterm(settings: Settings) -> None:
             # without waiting, and the thread posts to the loop asyncio.run has closed
             # ("Exception in thread ..." and two tracebacks). The fix belongs in
             # agentsched/db/engine.py; drop this mark with it.
-            marks=pytest.mark.xfail(reason="aiosqlite thread traceback", strict=False),
         ),
         ({"AGENTSCHED_POLL_DELAY": "fast"}, "AGENTSCHED_POLL_DELAY"),
         ({"AGENTSCHED_APP": "Bad App!"}, "AGENTSCHED_APP"),

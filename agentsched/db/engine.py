@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -81,8 +83,30 @@ async def _create(engine: AsyncEngine, create_tables: bool) -> None:
         await conn.run_sync(upgrade)
 
 
+def _sqlite_place_problem(url: str) -> str | None:
+    """Why SQLite cannot create or open the URL's file, judged before connecting.
+
+    aiosqlite's thread outlives a failed connect and then writes a traceback of its own
+    after the event loop has closed; a missing or read-only directory is caught here.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if parsed.database == ":memory:" or parsed.database.startswith("file:"):
+        return None
+    place = Path(parsed.database).expanduser().resolve().parent
+    if not place.is_dir():
+        return f"directory {place} does not exist"
+    if not os.access(place, os.W_OK | os.X_OK):
+        return f"directory {place} is not writable"
+    return None
+
+
 async def open_database(url: str, *, create_tables: bool = True) -> AsyncEngine:
     """Connect (and create missing tables); `ServiceUnavailable` naming the URL if it fails."""
+    problem = _sqlite_place_problem(url)
+    if problem is not None:
+        raise ServiceUnavailable("database", mask_url(url), problem)
     engine = create_engine(url)
     try:
         if engine.dialect.name == "sqlite":
