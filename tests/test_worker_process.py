@@ -136,10 +136,8 @@ async def test_worker_runs_and_stops_on_sigterm(settings: Settings) -> None:
         pytest.param(  # the embedded default's driver
             {"AGENTSCHED_DATABASE_URL": "sqlite+aiosqlite:////nonexistent/dir/x.db"},
             "database unreachable at sqlite+aiosqlite:////nonexistent/dir/x.db",
-            # A race, 20-50% of starts: after a failed open aiosqlite stops its thread
-            # without waiting, and the thread posts to the loop asyncio.run has closed
-            # ("Exception in thread ..." and two tracebacks). The fix belongs in
-            # agentsched/db/engine.py; drop this mark with it.
+            # Checked before connecting: after a failed open aiosqlite's thread posted to
+            # the closed loop ("Exception in thread ..." and two tracebacks), 20-50% of starts.
         ),
         ({"AGENTSCHED_POLL_DELAY": "fast"}, "AGENTSCHED_POLL_DELAY"),
         ({"AGENTSCHED_APP": "Bad App!"}, "AGENTSCHED_APP"),
