@@ -208,7 +208,11 @@ class TaskQueue:
             if not _transient(exc):
                 raise
             raise self._unavailable(exc) from None
-        tracing.end(job.span, execution_id=job.execution.id if created else ident)
+        # The span has the new execution's id; a deduplicated enqueue names the old one.
+        if created:
+            tracing.end(job.span)
+        else:
+            tracing.end(job.span, execution_id=ident)
         if commit is not None:
             if created:
                 await commit.write(queued_row(job.execution, job.score))
@@ -260,7 +264,11 @@ class TaskQueue:
             raise self._unavailable(exc) from None
         fresh = [job for job, (created, _) in zip(jobs, replies, strict=True) if created]
         for job, (created, ident) in zip(jobs, replies, strict=True):
-            tracing.end(job.span, execution_id=job.execution.id if created else ident)
+            # The span has the new execution's id; a deduplicated enqueue names the old one.
+            if created:
+                tracing.end(job.span)
+            else:
+                tracing.end(job.span, execution_id=ident)
         commit = self._commit_for(durable)
         if commit is not None and fresh:
             # One batch, one commit (the rows of concurrent enqueues may join it).
@@ -297,13 +305,18 @@ class TaskQueue:
             not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
         ):
             raise InvalidInput("idempotency_key", "must be a string of 1 to 200 characters")
+        ident = (
+            scheduled_execution_id(task_id, scheduled_for)
+            if task_id and scheduled_for
+            else str(uuid.uuid4())
+        )
         # Adds the trace context to the metadata; a scheduled run starts a trace of its own.
-        span = tracing.start_enqueue(definition.name, self.app, m, root=scheduled_for is not None)
+        span = tracing.start_enqueue(
+            definition.name, self.app, m, root=scheduled_for is not None, execution_id=ident
+        )
         now = time.time()
         execution = Execution(
-            id=scheduled_execution_id(task_id, scheduled_for)
-            if task_id and scheduled_for
-            else str(uuid.uuid4()),
+            id=ident,
             app=self.app,
             function=definition.name,
             status=TaskStatus.QUEUED,
