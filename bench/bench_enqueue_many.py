@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agentsched import TaskQueue
-from agentsched.settings import Settings, load_settings
-from bench.bench_queue import REDIS_URL, cleanup_redis
-from bench.common import pg_admin, pg_url, verdict
+from agentsched.settings import Settings
+from bench.bench_queue import cleanup_redis
+from bench.common import bench_settings, pg_admin, verdict
 
 PG_DB = f"agentsched_bench_many_{uuid.uuid4().hex[:6]}"
 TARGET = 10.0
@@ -52,23 +52,15 @@ async def main(args: argparse.Namespace) -> int:
     from bench import bench_tasks  # noqa: F401  registers bench.noop
 
     await pg_admin(f'CREATE DATABASE "{PG_DB}"')
-    prefix = f"bench:{uuid.uuid4().hex[:8]}:"
-    base = load_settings(
-        redis_url=REDIS_URL,
-        redis_prefix=prefix,
-        app="many",
-        database_url=pg_url(PG_DB),
-        task_modules=["bench.bench_tasks"],
-    )
+    base = bench_settings(PG_DB, "many")
+    prefix = base.redis_prefix
     failures = 0
     try:
         for durable in (False, True):
             mode = "durable" if durable else "default"
             ratios = []
             for i in range(args.rounds):
-                settings = base.model_copy(
-                    update={"app": f"{mode}{i}", "durable_enqueue": durable}
-                )
+                settings = base.model_copy(update={"app": f"{mode}{i}", "durable_enqueue": durable})
                 single, many = await rates(settings, args.jobs)
                 ratios.append(many / single)
                 print(

@@ -35,10 +35,10 @@ from agentsched import TaskQueue
 from agentsched.jobs.reconciler import Reconciler
 from agentsched.jobs.runtime import Runtime
 from agentsched.serialization import now_ms
-from agentsched.settings import Settings, load_settings
+from agentsched.settings import Settings
 from agentsched.worker import build_worker_settings
-from bench.bench_queue import REDIS_URL, bench_tracked, cleanup_redis
-from bench.common import pg_admin, pg_url, verdict
+from bench.bench_queue import bench_tracked, cleanup_redis
+from bench.common import bench_settings, pg_admin, verdict
 from tests.redis_servers import PrivateRedis, SentinelGroup, wait_until
 
 PG_DB = f"agentsched_bench_faults_{uuid.uuid4().hex[:6]}"
@@ -145,16 +145,8 @@ async def main(args: argparse.Namespace) -> int:
     from bench import bench_tasks  # noqa: F401  registers bench.noop
 
     await pg_admin(f'CREATE DATABASE "{PG_DB}"')
-    prefix = f"bench:{uuid.uuid4().hex[:8]}:"
-    base = load_settings(
-        redis_url=REDIS_URL,
-        redis_prefix=prefix,
-        app="bench",
-        database_url=pg_url(PG_DB),
-        task_modules=["bench.bench_tasks"],
-        scheduler_enabled=False,
-        lease_seconds=1.5,
-    )
+    base = bench_settings(PG_DB, "bench", scheduler_enabled=False, lease_seconds=1.5)
+    prefix = base.redis_prefix
     failures = 0
     try:
         parts = {args.part} if args.part else {"throughput", "durable", "recovery"}

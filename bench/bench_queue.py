@@ -52,7 +52,7 @@ from agentsched.db.models import TaskExecution
 from agentsched.jobs.runtime import Runtime
 from agentsched.settings import Settings
 from agentsched.worker import build_worker_settings
-from bench.common import PG_ADMIN, pg_admin, verdict
+from bench.common import PG_ADMIN, REDIS_URL, pg_admin, verdict
 from bench.harness import Bench, Round, one_round
 from bench.peers import SYSTEMS, load
 from bench.peers.common import REDIS_ENV
@@ -60,7 +60,6 @@ from bench.peers.driver import Driver
 from bench.peers.processes import Worker
 from tests.redis_servers import PrivateRedis
 
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 PG_DB = f"agentsched_bench_{os.getpid()}"
 
 
