@@ -22,10 +22,7 @@ test:
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	bash scripts/services.sh
-	$(BIN)/python bench/bench_queue.py
-	$(BIN)/python bench/bench_events.py
-	$(BIN)/python bench/bench_scheduler.py
-	$(BIN)/python bench/bench_api.py
+	for b in bench/bench_*.py; do $(BIN)/python $$b || status=1; done; exit $${status:-0}
 
 run: install
 	$(BIN)/agentsched dev
