@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import hiredis
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
@@ -348,12 +348,20 @@ def connection_pool(
     """A pool for `url` whose connections ride out outages (`retry_seconds=None`: forever).
 
     Plain URLs use the fast variant of their connection class; Sentinel URLs redis-py's
-    Sentinel-managed connections.
+    Sentinel-managed connections. With `max_connections` a plain URL's pool never opens
+    more: a call waits for a free connection (for `retry_seconds`, or as long as it
+    takes), then raises ConnectionError ("No connection available"), a 503 in the API.
     """
     options = {**_retry_options(retry_seconds), **kwargs}
+    if options.get("max_connections") is None:
+        options.pop("max_connections", None)
     if is_sentinel_url(url):
         return _sentinel_pool(url, **options)
-    pool = ConnectionPool.from_url(url, **options)
+    if "max_connections" in options:
+        wait = None if retry_seconds is None else max(retry_seconds, 1.0)
+        pool: ConnectionPool = BlockingConnectionPool.from_url(url, timeout=wait, **options)
+    else:
+        pool = ConnectionPool.from_url(url, **options)
     pool.connection_class = _FAST.get(pool.connection_class, pool.connection_class)
     return pool
 

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # Issue 12 (hardening): open `GET /events/stream` responses per API process (each holds
     # a Redis connection); beyond it a JSON 503.
     max_event_streams: int = Field(default=64, ge=1, le=10_000)
+    # Most Redis connections one process opens (per pool); a call beyond it waits for a
+    # free one, within the outage retry, so no client can exhaust Redis' maxclients.
+    redis_max_connections: int = Field(default=256, ge=8, le=100_000)
 
     # issue 11: Redis faults.
     # How long the API, TaskQueue and the CLI wait for an unavailable Redis before

@@ -399,7 +399,11 @@ def build_worker_settings(settings: Settings | None = None) -> type:
         "redis_pool": RidingArqRedis(
             runner.rides,
             # A worker rides out any Redis outage, however long.
-            connection_pool=connection_pool(settings.redis_url, retry_seconds=None),
+            connection_pool=connection_pool(
+                settings.redis_url,
+                retry_seconds=None,
+                max_connections=settings.redis_max_connections,
+            ),
             job_serializer=runner.serialize,
             job_deserializer=runner.deserialize,
             default_queue_name=queue,

@@ -177,3 +177,40 @@ async def test_a_connection_reset_by_the_peer_is_replaced() -> None:
             task.cancel()
         await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
+
+
+async def test_a_bounded_pool_makes_callers_wait_instead_of_opening_more(prefix: str) -> None:
+    """AGENTSCHED_REDIS_MAX_CONNECTIONS: 20 blocking calls share 8 connections."""
+    from agentsched.connections import redis_client
+
+    client = redis_client(REDIS_URL, max_connections=8)
+    try:
+        pool: Any = client.connection_pool
+        most = 0
+
+        async def blocked(name: str) -> None:
+            nonlocal most
+            call = asyncio.ensure_future(client.blpop([name], timeout=0.2))
+            await asyncio.sleep(0.05)
+            most = max(most, len(pool._in_use_connections))
+            await call
+
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(*(blocked(f"{prefix}nothing:{i}") for i in range(20)))
+        assert most <= 8
+        assert len(pool._available_connections) <= 8
+        # 20 calls of 0.2 s through 8 connections: three rounds, not one.
+        assert asyncio.get_running_loop().time() - started >= 0.5
+    finally:
+        await client.aclose()
+
+
+def test_the_runtime_and_the_worker_bound_their_pools() -> None:
+    from agentsched.settings import load_settings
+    from agentsched.worker import build_worker_settings
+
+    settings = load_settings(
+        redis_url=REDIS_URL, task_modules=["tests.sample_tasks"], redis_max_connections=12
+    )
+    pool = build_worker_settings(settings).redis_pool.connection_pool
+    assert pool.max_connections == 12

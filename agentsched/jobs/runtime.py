@@ -23,7 +23,11 @@ from agentsched.settings import Settings, get_settings, mask_url
 
 
 async def open_redis(
-    url: str, *, retry_seconds: float | None = 5.0, first_wait: float = 5.0
+    url: str,
+    *,
+    retry_seconds: float | None = 5.0,
+    first_wait: float = 5.0,
+    max_connections: int | None = None,
 ) -> aioredis.Redis:
     """A connected client; `ServiceUnavailable` naming the masked URL if Redis is down.
 
@@ -40,7 +44,9 @@ async def open_redis(
         raise ServiceUnavailable("Redis", mask_url(url), reason) from None
     finally:
         await probe.aclose()
-    return redis_client(url, retry_seconds=retry_seconds, health_check_interval=30)
+    return redis_client(
+        url, retry_seconds=retry_seconds, health_check_interval=30, max_connections=max_connections
+    )
 
 
 class Runtime:
@@ -90,6 +96,7 @@ class Runtime:
                 self.settings.redis_url,
                 retry_seconds=self.retry_seconds,
                 first_wait=self.settings.redis_retry_seconds,
+                max_connections=self.settings.redis_max_connections,
             )
         if self._engine is None:
             try:
