@@ -9,15 +9,17 @@ would have had: the MULTI/EXEC of the claim and the whole fetch transaction are 
 already done, and a job starts with one round trip.
 
 arq finishes a job (`DEL ... arq:in-progress:<id> ...`) in a MULTI/EXEC of its own; the
-pipelines recognise it by its commands and append the finish script that the job
-runner left for that job, so arq's finish and agentsched's commit together.
+pipelines recognise it by its commands and send them, with the finish script the job
+runner left for that job, as one script call (`FINISH_WITH`): arq's finish and
+agentsched's commit together, in one round trip.
 
 arq polls its queue every `poll_delay`; the pool's `zrangebyscore` of the queue waits
 instead while nothing is due (`wake.py`): until a wake-up, the earliest deferred job,
 or `idle_poll` seconds. With every slot busy arq skips the poll, so its abort check
 waits likewise, until a job ends or a cancel comes. Only this module knows the shape
-of arq's transactions (arq 0.26-0.28, pinned by tests/test_arq_shapes.py); anything it
-does not recognise runs unchanged, and the runner falls back to sending its scripts.
+of arq's transactions (arq 0.26-0.28; a new shape of the fetch stops the first job
+with a RuntimeError, so every test that runs a job fails); anything else it does not
+recognise runs unchanged, and the runner falls back to sending its scripts.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -132,7 +134,7 @@ class RidingPipeline(Pipeline):
         command = tracker.claim_start_command(
             job_id, self.rides.worker, self.rides.in_progress_ms, hold
         )
-        reply = await run_script(self, tracker, command)
+        reply = await run_script(self.immediate_execute_command, tracker, command)
         exists, score = int(reply[0]), (float(reply[1]) if reply[1] else None)
         claimed = len(reply) > 2
         if claimed:
@@ -160,7 +162,7 @@ class RidingPipeline(Pipeline):
         kind, job_id = self.rides.extra_for(self.command_stack)
         if kind == "start" and job_id in self.rides.fetched:
             names = tuple(args[0] for args, _ in self.command_stack)
-            if names != FETCH_SHAPE:  # tests/test_arq_shapes.py pins it for each arq
+            if names != FETCH_SHAPE:  # the claim already did these: never twice
                 raise RuntimeError(f"arq's fetch of a job changed shape: {names}")
             await self.reset()
             return self.rides.fetched.pop(job_id)
@@ -207,7 +209,9 @@ class RidingPipeline(Pipeline):
         commands = [args for args, _options in self.command_stack]
         try:
             own, error = await run_script(
-                self, tracker, tracker.finish_with_command(command, commands)
+                self.immediate_execute_command,
+                tracker,
+                tracker.finish_with_command(command, commands),
             )
         finally:
             await self.reset()
@@ -228,9 +232,10 @@ def started_reply(reply: Any) -> tuple[str, int]:
     return (reply.decode() if isinstance(reply, bytes) else str(reply)), 0
 
 
-async def run_script(pipe: Pipeline, tracker: Tracker, command: tuple[Any, ...]) -> Any:
-    """Run one of the tracker's EVALSHA commands now; after a Redis restart, EVAL it."""
-    run: Any = pipe.immediate_execute_command
+async def run_script(
+    run: Callable[..., Awaitable[Any]], tracker: Tracker, command: tuple[Any, ...]
+) -> Any:
+    """Run one of the tracker's EVALSHA commands with `run`; after a restart, EVAL it."""
     try:
         return await run(*command)
     except NoScriptError:
@@ -306,11 +311,7 @@ class RidingArqRedis(ArqRedis):
         self, tracker: Tracker, start: int, count: int
     ) -> tuple[list[Any], float | None]:
         command = tracker.poll_command(int(time.time() * 1000), start, count)
-        run: Any = self.execute_command
-        try:
-            ids, earliest = await run(*command)
-        except NoScriptError:
-            ids, earliest = await run("EVAL", tracker.script_source(command[1]), *command[2:])
+        ids, earliest = await run_script(self.execute_command, tracker, command)
         return list(ids), float(earliest) if earliest else None
 
     async def abort_check_wait(self) -> None:

@@ -15,35 +15,14 @@ import contextlib
 from typing import Any
 
 from agentsched.db.executions import ExecutionStore
-from agentsched.execution import Execution, RawJSON
-from agentsched.serialization import dumps_str, from_ms
+from agentsched.execution import Execution, queued_record, snapshot_row
 
 
 def queued_row(execution: Execution, due_ms: int) -> dict[str, Any]:
     """The `task_executions` row the enqueue script's first snapshot (seq 1) describes."""
-    return {
-        "id": execution.id,
-        "task_id": execution.task_id,
-        "app": execution.app,
-        "function": execution.function,
-        "status": "queued",
-        "args": RawJSON(dumps_str(execution.args)),
-        "kwargs": RawJSON(dumps_str(execution.kwargs)),
-        "result": None,
-        "error": None,
-        "error_kind": None,
-        "attempt": 1,
-        "max_tries": execution.max_tries,
-        "scheduled_for": execution.scheduled_for,
-        "enqueued_at": execution.enqueued_at,
-        "started_at": None,
-        "finished_at": None,
-        "meta": RawJSON(dumps_str(execution.metadata)),
-        "seq": 1,
-        "progress": None,
-        "progress_message": None,
-        "due_at": from_ms(due_ms),
-    }
+    enqueued = execution.enqueued_at
+    enqueued_ms = int(enqueued.timestamp() * 1000) if enqueued is not None else due_ms
+    return snapshot_row(queued_record(execution, due_ms, enqueued_ms)[0])
 
 
 class GroupCommit:

@@ -262,27 +262,25 @@ class TaskQueue:
             if not _transient(exc):
                 raise
             raise self._unavailable(exc) from None
-        fresh = [job for job, (created, _) in zip(jobs, replies, strict=True) if created]
+        out: list[Execution | str] = []  # an execution, or the id a duplicate named
         for job, (created, ident) in zip(jobs, replies, strict=True):
             # The span has the new execution's id; a deduplicated enqueue names the old one.
             if created:
                 tracing.end(job.span)
-            else:
-                tracing.end(job.span, execution_id=ident)
-        commit = self._commit_for(durable)
-        if commit is not None and fresh:
-            # One batch, one commit (the rows of concurrent enqueues may join it).
-            await self.runtime.executions.upsert_many(
-                [queued_row(job.execution, job.score) for job in fresh]
-            )
-        out: list[Execution] = []
-        for job, (created, ident) in zip(jobs, replies, strict=True):
-            if created:
                 metrics.enqueued(self.app, job.execution.function)
                 out.append(job.execution)
             else:
-                out.append(await self.get_execution(ident))
-        return out
+                tracing.end(job.span, execution_id=ident)
+                out.append(ident)
+        if self.settings.durable_enqueue if durable is None else durable:
+            rows = [
+                queued_row(job.execution, job.score)
+                for job, made in zip(jobs, out, strict=True)
+                if made is job.execution
+            ]
+            if rows:
+                await self.runtime.executions.upsert_many(rows)  # the batch: one commit
+        return [e if isinstance(e, Execution) else await self.get_execution(e) for e in out]
 
     def _prepare(
         self,
