@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -28,10 +29,7 @@ from typing import Any, cast
 from arq.connections import RedisSettings
 from arq.worker import Retry, func
 
-from agentsched.connections import (
-    OUTAGE,
-    connection_pool,
-)
+from agentsched.connections import OUTAGE, connection_pool
 from agentsched.errors import AgentschedError, ConfigError
 from agentsched.jobs import progress as progress_reports
 from agentsched.jobs.arq_endings import record_arq_ending
@@ -85,6 +83,7 @@ class JobRunner:
         self.rides = StatusRides()
         self.waker = Waker()
         self.leases = Leases(settings, self.rides, self.worker_id, self._spawn)
+        self.freeze_gc = False  # the process is this worker's alone (arq's CLI)
 
     # --- lifecycle -------------------------------------------------------------------
     async def startup(self, ctx: dict[str, Any]) -> None:
@@ -141,6 +140,12 @@ class JobRunner:
             len(registered()),
             self.tracker.keys.queue,
         )
+        if self.freeze_gc:
+            # What start-up built lives as long as the process: out of the collector's
+            # sight, full collections scan only what jobs allocate (a 100,000-object
+            # scan, about 55 ms, every 1,500-3,000 jobs before; every span adds to it).
+            gc.collect()
+            gc.freeze()
 
     async def shutdown(self, ctx: dict[str, Any]) -> None:
         if self.leases.after_outage in OUTAGE.on_recovered:
@@ -368,14 +373,16 @@ def task_timeout(definition: TaskDef, settings: Settings) -> float:
     return definition.timeout or settings.job_timeout
 
 
-def build_worker_settings(settings: Settings | None = None) -> type:
-    """A fresh arq settings class for this process's settings and registered tasks."""
+def build_worker_settings(settings: Settings | None = None, *, own_process: bool = False) -> type:
+    """A fresh arq settings class for this process's settings and registered tasks
+    (`own_process`: the worker is all the process runs, so start-up may freeze its GC)."""
     settings = settings or get_settings()
     import_task_modules(settings.task_modules)
     tasks = registered()
     if not tasks:
         raise ConfigError("AGENTSCHED_TASK_MODULES: no @task functions registered")
     runner = JobRunner(settings)
+    runner.freeze_gc = own_process
     queue = Keys(settings.redis_prefix, settings.app).queue
     runner.rides.queue = queue
     # arq's claim of a job lives 4/3 of a lease (not arq's longest task timeout) and is
@@ -439,7 +446,7 @@ def worker_settings_for_cli() -> type:
     try:
         settings = get_settings()
         logs.configure_logging(settings.log_level)  # agentsched's INFO lines show; no arg values
-        built = build_worker_settings(settings)
+        built = build_worker_settings(settings, own_process=True)
         for path in settings.tasks_file:
             check_app(parse_tasks_file(path, check_functions=True), settings.app, "AGENTSCHED_APP")
         asyncio.run(_check_services(settings))

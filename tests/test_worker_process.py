@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
 
 from agentsched import TaskQueue, TaskStatus
 from agentsched.settings import Settings
+from tests import gc_tasks  # noqa: F401  registers tests.gc_frozen here too
 from tests.conftest import subprocess_env
 from tests.test_queue import wait_sql
 
@@ -120,6 +122,27 @@ async def test_worker_runs_and_stops_on_sigterm(settings: Settings) -> None:
         output = stop(proc)
     assert proc.returncode == 0, output
     assert "Traceback" not in output
+
+
+@pytest.mark.slow
+async def test_cli_worker_freezes_what_start_up_built(
+    settings: Settings, run_worker: Callable[..., Any]
+) -> None:
+    """A worker started by arq's CLI owns its process: what start-up built is frozen out
+    of the collector's scans. A worker built inside another program leaves its GC alone."""
+    modules = "tests.sample_tasks,tests.gc_tasks"
+    proc = start_worker(settings, AGENTSCHED_TASK_MODULES=modules)
+    try:
+        async with TaskQueue(settings) as queue:
+            execution = await queue.enqueue("tests.gc_frozen")
+            assert await queue.get_result(execution.id, timeout=60) > 10_000
+    finally:
+        output = stop(proc)
+    assert proc.returncode == 0, output
+    await run_worker(task_modules=modules.split(","), app=settings.app + "-inproc")
+    async with TaskQueue(settings.model_copy(update={"app": settings.app + "-inproc"})) as queue:
+        execution = await queue.enqueue("tests.gc_frozen")
+        assert await queue.get_result(execution.id, timeout=60) == 0
 
 
 @pytest.mark.parametrize(
