@@ -183,6 +183,10 @@ def end(span: Any, exc: BaseException | None = None, **attributes: Any) -> None:
         return
     if attributes and span.is_recording():
         span.set_attributes({f"agentsched.{name}": value for name, value in attributes.items()})
+    _finish(span, exc)
+
+
+def _finish(span: Any, exc: BaseException | None) -> None:
     if exc is not None:
         span.record_exception(exc)
         span.set_status(_otel.error, f"{type(exc).__name__}: {exc}"[:200])
@@ -227,8 +231,9 @@ class Current:
         if self.token is not None:
             _otel.context.detach(self.token)
             self.token = None
-        end(self.span, exc, status=status)
-        self.span = None
+        span, self.span = self.span, None
+        span.set_attribute("agentsched.status", status)  # one attribute: no dict to build
+        _finish(span, exc)
 
     def __enter__(self) -> None:
         return None
