@@ -98,8 +98,14 @@ class TaskExecution(Base):
         Index("ix_task_executions_app_enqueued", "app", "enqueued_at"),
         Index("ix_task_executions_app_status", "app", "status"),
         Index("ix_task_executions_app_function", "app", "function"),
-        # History retention deletes by end time; lists sort by it too.
-        Index("ix_task_executions_app_finished", "app", "finished_at"),
+        # History retention deletes by end time; lists sort by it too. On PostgreSQL it
+        # covers the dashboard's per-minute figures: index-only scans (migration step 6).
+        Index(
+            "ix_task_executions_app_finished",
+            "app",
+            "finished_at",
+            postgresql_include=["status", "attempt", "started_at", "enqueued_at"],
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
