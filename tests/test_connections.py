@@ -214,3 +214,35 @@ def test_the_runtime_and_the_worker_bound_their_pools() -> None:
     )
     pool = build_worker_settings(settings).redis_pool.connection_pool
     assert pool.max_connections == 12
+
+
+async def test_a_bounded_pool_wakes_every_waiter_and_then_takes_the_short_path() -> None:
+    """One connection, 30 callers of 10 commands each: all are served in turn (a release
+    with a waiter wakes it), and once nobody waits a command skips redis-py's Condition."""
+    from agentsched.connections import BoundedPool, redis_client
+
+    client = redis_client(REDIS_URL, max_connections=1)
+    try:
+        pool: Any = client.connection_pool
+        assert isinstance(pool, BoundedPool)
+        async with asyncio.timeout(30):
+            replies = await asyncio.gather(
+                *(client.echo(f"{i}:{j}") for i in range(30) for j in range(10))
+            )
+        assert replies == [f"{i}:{j}".encode() for i in range(30) for j in range(10)]
+        assert pool._waiting == 0
+        assert len(pool._available_connections) == 1 and not pool._in_use_connections
+
+        taken = 0
+        wait_for = pool._condition.wait_for
+
+        async def counted(*args: Any) -> Any:
+            nonlocal taken
+            taken += 1
+            return await wait_for(*args)
+
+        pool._condition.wait_for = counted
+        await client.echo("alone")
+        assert taken == 0  # nobody waited: the free connection was taken directly
+    finally:
+        await client.aclose()
