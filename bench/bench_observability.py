@@ -1,21 +1,26 @@
 """Observability benchmark: the cost of metrics and tracing on the queue, and a scrape.
 
-    python bench/bench_observability.py [--jobs 3000] [--rounds 7]
+    python bench/bench_observability.py [--jobs 5000] [--rounds 5]
 
-Measures, against the same Redis and PostgreSQL, in one run:
-  1. queue throughput (enqueue N no-op jobs, then one worker drains them until every row
-     is `success` in PostgreSQL) with observability off (AGENTSCHED_METRICS_ENABLED=false,
-     AGENTSCHED_TRACING=false), with metrics on (counting, and a metrics port served),
-     and with metrics plus tracing (an SDK provider whose batch processor feeds an
-     exporter that drops everything): ratios against "off", median over rounds that
-     rotate the order. Each round reports jobs/s and this process's CPU per job
-     (enqueuer, worker, recorder and the span processor's thread all run here); on a
-     shared machine the wall time moves with the neighbours' load far more than with
-     what is measured, the CPU per job much less, so both ratios are printed;
+Measures, in one run:
+  1. queue throughput with observability off (AGENTSCHED_METRICS_ENABLED=false,
+     AGENTSCHED_TRACING=false), with metrics on (counting, a metrics port served) and
+     with metrics plus tracing (an SDK provider whose batch processor feeds an exporter
+     that drops everything, bench/otel_drop.py, in the producer and in the worker), as a
+     deployment runs: the bench's client enqueues, one worker process
+     (`python -m arq agentsched.WorkerSettings`) runs the jobs and records each in
+     PostgreSQL, on a private redis-server (bench/harness.py, as bench/bench_queue.py):
+       - worker only: N queued, then the worker starts; N / (N-th success row in SQL -
+         first start);
+       - end to end: a ready worker, N sequential enqueues, first enqueue -> N-th
+         success row; with the CPU per job of the producer and of the worker;
+     ratios against "off", the median of per-round ratios over rounds that rotate the
+     order;
   2. a scrape of a worker with 100 functions registered (each having run, so every
      function has its series): HTTP GET of its metrics port, p50 / p99, and the
      rendering alone (agentsched's renderer and prometheus-client's, for reference).
-Targets (issue 13): metrics >= 0.97x, tracing >= 0.9x (throughput), scrape < 50 ms.
+Targets (issue 13): throughput with metrics >= 0.97x, with tracing >= 0.9x (worker
+only and end to end), scrape < 50 ms.
 """
 
 from __future__ import annotations
@@ -23,56 +28,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import socket
 import statistics
 import sys
+import tempfile
 import time
 import timeit
-import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 import uvloop
 from arq.worker import create_worker
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import REGISTRY, generate_latest
-from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agentsched import TaskQueue, task
-from agentsched.db.models import TaskExecution
-from agentsched.jobs.runtime import Runtime
 from agentsched.observability import metrics, tracing
 from agentsched.settings import Settings, load_settings
 from agentsched.worker import build_worker_settings
+from bench import otel_drop
 from bench.common import pg_admin, pg_url, verdict
+from bench.harness import Bench, end_to_end, worker_only
+from bench.peers.agentsched_peer import AgentschedDriver
+from bench.peers.processes import Worker
+from tests.redis_servers import PrivateRedis
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 PG_DB = f"agentsched_bench_obs_{os.getpid()}"
 POLL = 0.002
 FUNCTIONS = 100
-
-
-class DropExporter(SpanExporter):
-    """Exports nothing: the cost measured is agentsched's spans, not a collector's."""
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
+TARGETS = {"metrics": 0.97, "tracing": 0.9}
 
 
 async def cleanup_redis(prefix: str) -> None:
     """Delete this run's keys only (other benchmarks may share the database)."""
-    import redis.asyncio as aioredis
-
     client = aioredis.Redis.from_url(REDIS_URL)
     keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
     for i in range(0, len(keys), 1000):
@@ -86,29 +81,64 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def throughput(n: int, settings: Settings) -> tuple[float, float]:
-    """Enqueue n jobs, drain them with one burst worker: (jobs/s until every row is
-    success, this process's CPU µs per job meanwhile)."""
-    metrics.configure(settings.metrics_enabled)
-    tracing.configure(settings.tracing)
-    start, cpu = time.perf_counter(), time.process_time()
-    async with TaskQueue(settings) as queue:
-        for i in range(0, n, 500):
-            await asyncio.gather(*(queue.enqueue("bench.noop") for _ in range(min(500, n - i))))
-    async with Runtime(settings) as runtime:
-        worker = create_worker(build_worker_settings(settings), burst=True, handle_signals=False)
-        await worker.async_run()
-        await worker.close()  # on_shutdown drains the recorder into SQL
-        async with runtime.engine.connect() as conn:
-            done = await conn.scalar(
-                select(func.count())
-                .select_from(TaskExecution)
-                .where(TaskExecution.app == settings.app, TaskExecution.status == "success")
+def variants() -> list[AgentschedDriver]:
+    """off, metrics, tracing: the same worker and client, told apart by their settings."""
+    return [
+        AgentschedDriver("off", metrics_enabled=False, tracing=False),
+        AgentschedDriver("metrics", metrics_enabled=True, tracing=False,
+                         metrics_port=free_port()),
+        AgentschedDriver("tracing", env={otel_drop.ENV: "drop"}, metrics_enabled=True,
+                         tracing=True, metrics_port=free_port()),
+    ]  # fmt: skip
+
+
+async def throughput(args: argparse.Namespace, log_dir: Path) -> int:
+    """Rounds of worker-only and end-to-end runs of each variant; prints ratios, returns
+    the number of targets missed."""
+    server = PrivateRedis(log_dir / "redis").start()
+    redis = aioredis.Redis.from_url(server.url)
+    assert server.proc is not None
+    bench = Bench(server.url, redis, server.proc.pid, PG_DB, log_dir, args.jobs, 0, 0, 0)
+    drivers = variants()
+    rates: dict[str, dict[str, list[float]]] = {d.name: {"drain": [], "e2e": []} for d in drivers}
+    cpus: dict[str, dict[str, list[float]]] = {
+        d.name: {"producer": [], "worker": []} for d in drivers
+    }
+    try:
+        for round_ in range(args.rounds):
+            order = drivers[round_ % 3 :] + drivers[: round_ % 3]  # no variant always first
+            line = []
+            for driver in order:
+                tag = f"{driver.name}-{round_}"
+                drain = await worker_only(bench, driver, f"{tag}-drain")
+                e2e, cpu = await end_to_end(bench, driver, f"{tag}-e2e")
+                rates[driver.name]["drain"].append(drain)
+                rates[driver.name]["e2e"].append(e2e)
+                for part in ("producer", "worker"):
+                    cpus[driver.name][part].append(cpu[part] * 1000)
+                line.append(f"{driver.name} drain {drain:5.0f} e2e {e2e:5.0f} jobs/s "
+                            f"(CPU/job µs: producer {cpu['producer'] * 1000:3.0f}, "
+                            f"worker {cpu['worker'] * 1000:3.0f})")  # fmt: skip
+            print(f"round {round_ + 1}: " + "; ".join(line), flush=True)
+    finally:
+        Worker.stop_all()
+        await redis.aclose()
+        server.kill()
+    failures = 0
+    for name, target in TARGETS.items():
+        for kind, label in (("drain", "worker only"), ("e2e", "end to end")):
+            ratio = statistics.median(
+                on / off for on, off in zip(rates[name][kind], rates["off"][kind], strict=True)
             )
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    if done != n:  # seen on a loaded machine: the recorder's drain at shutdown gave up
-        print(f"  note: {settings.app}: only {done} of {n} rows were success in SQL at the end")
-    return n / elapsed, cpu / n * 1e6
+            ok = ratio >= target
+            failures += not ok
+            print(f"{name} on vs off, {label}: median ratio {ratio:.3f}x   "
+                  f"target >= {target}x   {verdict(ok)}")  # fmt: skip
+        for part in ("producer", "worker"):
+            on, off = statistics.median(cpus[name][part]), statistics.median(cpus["off"][part])
+            print(f"  {part} CPU per job: {on:.0f} vs {off:.0f} µs (+{on - off:.0f} µs), "
+                  f"jobs per CPU-second {off / on:.3f}x")  # fmt: skip
+    return failures
 
 
 def register_functions() -> list[str]:
@@ -185,86 +215,50 @@ async def main(args: argparse.Namespace) -> int:
     names = register_functions()
     # The bench's Redis has no persistence on purpose: not a warning per worker here.
     logging.getLogger("agentsched.redis").setLevel(logging.ERROR)
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(DropExporter()))
-    trace.set_tracer_provider(provider)
+    provider = otel_drop.install()  # the producer's spans (the "tracing" variant only)
     await pg_admin(f'CREATE DATABASE "{PG_DB}"')
-    prefix = f"bench:{uuid.uuid4().hex[:8]}:"
-    base = load_settings(
-        redis_url=REDIS_URL,
-        redis_prefix=prefix,
-        app="bench",
-        poll_delay=POLL,
-        database_url=pg_url(PG_DB),
-        task_modules=["bench.bench_tasks"],
-        scheduler_enabled=False,
-        metrics_enabled=False,
-        tracing=False,
-    )
-    configs: dict[str, dict[str, Any]] = {
-        "off": {},
-        "metrics": {"metrics_enabled": True},
-        "tracing": {"metrics_enabled": True, "tracing": True},
-    }
     failures = 0
     # How busy the shared machine is: compare runs of this benchmark by this line too.
     reference = min(timeit.repeat("sum(range(10**6))", number=3, repeat=5)) / 3 * 1000
     print(f"machine speed: sum(range(10**6)) takes {reference:.0f} ms")
     try:
-        print(f"== queue throughput: {args.jobs} no-op jobs enqueued then drained, one worker")
-        results: dict[str, list[float]] = {name: [] for name in configs}
-        cpus: dict[str, list[float]] = {name: [] for name in configs}
-        for round_ in range(args.rounds if args.jobs else 0):
-            line = []
-            order = list(configs.items())
-            order = order[round_ % 3 :] + order[: round_ % 3]  # no config always runs first
-            for name, update in order:
-                port = {"metrics_port": free_port()} if update else {}
-                app = f"bench-{name}-{round_}"
-                s = base.model_copy(update={**update, **port, "app": app})
-                # Every round starts from the same garbage: a full collection costs this
-                # process 40-70 ms, and whether a round gets one or two of them moved
-                # its CPU per job by 20 µs, more than metrics cost.
-                gc.collect()
-                rate, cpu = await throughput(args.jobs, s)
-                results[name].append(rate)
-                cpus[name].append(cpu)
-                line.append(f"{name} {rate:5.0f} jobs/s {cpu:4.0f} µs CPU/job")
-            print(f"round {round_ + 1}: " + ", ".join(line))
-        for name, target in (("metrics", 0.97), ("tracing", 0.9)) if args.jobs else ():
-            ratio = statistics.median(
-                on / off for on, off in zip(results[name], results["off"], strict=True)
-            )
-            ok = ratio >= target
-            failures += not ok
-            print(f"{name} on vs off: median ratio {ratio:.3f}x   target >= {target}x   "
-                  f"{verdict(ok)}")  # fmt: skip
-            # Jobs per CPU-second of this process, on vs off (the lower-noise companion).
-            cpu_ratio = statistics.median(
-                off / on for on, off in zip(cpus[name], cpus["off"], strict=True)
-            )
-            on_cpu, off_cpu = statistics.median(cpus[name]), statistics.median(cpus["off"])
-            print(f"{name} on vs off, jobs per CPU-second: median ratio {cpu_ratio:.3f}x "
-                  f"({on_cpu:.0f} vs {off_cpu:.0f} µs/job)   "
-                  f"{verdict(cpu_ratio >= target)}")  # fmt: skip
+        if args.jobs:
+            print(f"== queue throughput: {args.jobs} no-op jobs, one worker process, "
+                  f"{args.rounds} rounds")  # fmt: skip
+            with tempfile.TemporaryDirectory(prefix="bench-obs-") as tmp:
+                failures += await throughput(args, Path(tmp))
 
         print(f"== scrape of a worker with {FUNCTIONS} functions, {args.scrapes} scrapes")
-        times = await scrape_times(base, names, args.scrapes)
+        prefix = f"bench:{os.urandom(4).hex()}:"
+        base = load_settings(
+            redis_url=REDIS_URL,
+            redis_prefix=prefix,
+            app="bench",
+            poll_delay=POLL,
+            database_url=pg_url(PG_DB),
+            task_modules=["bench.bench_tasks"],
+            scheduler_enabled=False,
+            metrics_enabled=False,
+            tracing=False,
+        )
+        try:
+            times = await scrape_times(base, names, args.scrapes)
+        finally:
+            await cleanup_redis(prefix)
         p50, p99 = statistics.median(times), pct(times, 0.99)
         ok = p99 < 50
         failures += not ok
         print(f"p50 {p50:.1f} ms  p99 {p99:.1f} ms   target < 50 ms   {verdict(ok)}")
     finally:
         provider.shutdown()
-        await cleanup_redis(prefix)
         await pg_admin(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=3_000)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--jobs", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--scrapes", type=int, default=50)
     uvloop.install()
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -1,7 +1,15 @@
-"""Tasks the benchmarks run."""
+"""Tasks the benchmarks run (and, in a worker started with `BENCH_OTEL=drop`, the
+tracer provider of bench/otel_drop.py)."""
+
+import os
 
 from agentsched import task
 from bench.peers.common import push_stamp
+
+if os.environ.get("BENCH_OTEL") == "drop":
+    from bench import otel_drop
+
+    otel_drop.install()
 
 
 @task(name="bench.noop")

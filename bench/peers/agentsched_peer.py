@@ -1,8 +1,10 @@
 """agentsched, every execution recorded in PostgreSQL: `python -m arq agentsched.WorkerSettings`.
 
 The tasks are bench/bench_tasks.py; the worker runs with default settings except for
-where it connects. Its end of a run is stricter than the peers': the N-th row of the
-run's app that reaches `success` in SQL, counted every 20 ms from the bench.
+where it connects (and any `overrides`, given to the worker as `AGENTSCHED_*` variables
+and to the bench's client as settings). Its end of a run is stricter than the peers':
+the N-th row of the run's app that reaches `success` in SQL, counted every 20 ms from
+the bench.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -24,14 +27,19 @@ PREFIX = "bench:"
 SQL_POLL = 0.02
 
 
-def settings_for(run: Run) -> Settings:
+def settings_for(run: Run, **overrides: Any) -> Settings:
     return load_settings(
         redis_url=run.redis_url,
         redis_prefix=PREFIX,
         app=run.tag,
         database_url=pg_url(run.database),
         task_modules=["bench.bench_tasks"],
+        **overrides,
     )
+
+
+def env_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 class AgentschedDriver(Driver):
@@ -40,22 +48,33 @@ class AgentschedDriver(Driver):
     queue: TaskQueue
     stamps = 0  # stamp jobs of this run: each one is a success row too
 
+    def __init__(self, name: str = "agentsched", env: dict[str, str] | None = None,
+                 **overrides: Any) -> None:  # fmt: skip
+        self.name, self.extra_env, self.overrides = name, env or {}, overrides
+
     def command(self) -> list[str]:
         return ["-m", "arq", "agentsched.WorkerSettings"]
 
     def env(self, run: Run) -> dict[str, str]:
-        settings = settings_for(run)
-        return super().env(run) | {
-            "AGENTSCHED_REDIS_URL": settings.redis_url,
-            "AGENTSCHED_DATABASE_URL": settings.database_url,
-            "AGENTSCHED_APP": settings.app,
-            "AGENTSCHED_REDIS_PREFIX": settings.redis_prefix,
-            "AGENTSCHED_TASK_MODULES": ",".join(settings.task_modules),
-        }
+        settings = settings_for(run, **self.overrides)
+        own = {f"AGENTSCHED_{k.upper()}": env_value(v) for k, v in self.overrides.items()}
+        return (
+            super().env(run)
+            | own
+            | self.extra_env
+            | {
+                "AGENTSCHED_REDIS_URL": settings.redis_url,
+                "AGENTSCHED_DATABASE_URL": settings.database_url,
+                "AGENTSCHED_APP": settings.app,
+                "AGENTSCHED_REDIS_PREFIX": settings.redis_prefix,
+                "AGENTSCHED_TASK_MODULES": ",".join(settings.task_modules),
+            }
+        )
 
     async def open(self, run: Run) -> None:
         self._stack = AsyncExitStack()
-        self.queue = await self._stack.enter_async_context(TaskQueue(settings_for(run)))
+        queue = TaskQueue(settings_for(run, **self.overrides))
+        self.queue = await self._stack.enter_async_context(queue)
         self.stamps = 0
 
     async def close(self) -> None:
