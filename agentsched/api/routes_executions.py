@@ -32,6 +32,12 @@ TAGS: list[str | Enum] = ["executions"]
 ID_PREFIX = r"^[0-9a-fA-F-]+$"
 # ISO 8601 with a zone, as a browser's toISOString() writes it (no epoch numbers).
 MOMENT = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})$"
+# OpenAPI links from a response holding an execution to what can be done with its id
+# (clients and schemathesis' stateful run follow them).
+EXECUTION_LINKS = {
+    name: {"operationId": op, "parameters": {"execution_id": "$response.body#/id"}}
+    for name, op in (("GetExecution", "get_execution"), ("CancelExecution", "cancel_execution"))
+}
 
 
 def moment(field: str, value: str | None) -> dt.datetime | None:
@@ -64,7 +70,7 @@ if {s.value for s in ExecutionSort} != set(SORTABLE):  # pragma: no cover
     status_code=status.HTTP_202_ACCEPTED,
     operation_id="enqueue_execution",
     summary="Enqueue a registered task function",
-    responses=error_responses(401, 413, 503),
+    responses={202: {"links": EXECUTION_LINKS}, **error_responses(401, 413, 503)},
 )
 async def enqueue_execution(
     body: ExecutionCreate, state: State, request: Request, response: Response

@@ -16,10 +16,17 @@ from agentsched.api.deps import scheduler_router as router
 from agentsched.api.errors import error_responses
 from agentsched.api.models import FUNCTION_PATTERN, ExecutionRead, Page
 from agentsched.api.models_tasks import TaskCreate, TaskRead, TaskUpdate
+from agentsched.api.routes_executions import EXECUTION_LINKS
 from agentsched.db.schedules import SORTABLE
 
 TAGS: list[str | Enum] = ["tasks"]
 _NOT_FOUND = error_responses(401, 404, 503)
+# OpenAPI links from a created schedule to the operations on its id.
+_BY_ID = {"task_id": "$response.body#/id"}
+TASK_LINKS = {
+    f"{verb.title()}Task": {"operationId": f"{verb}_task", "parameters": _BY_ID}
+    for verb in ("get", "update", "delete", "run", "enable", "disable")
+}
 
 
 class TaskSort(StrEnum):
@@ -72,7 +79,7 @@ async def list_tasks(
     status_code=status.HTTP_201_CREATED,
     operation_id="create_task",
     summary="Create a schedule",
-    responses=error_responses(401, 409, 413, 503),
+    responses={201: {"links": TASK_LINKS}, **error_responses(401, 409, 413, 503)},
 )
 async def create_task(
     body: TaskCreate, state: State, request: Request, response: Response
@@ -158,7 +165,7 @@ async def disable_task(task_id: str, state: State) -> TaskRead:
     status_code=status.HTTP_202_ACCEPTED,
     operation_id="run_task",
     summary="Run a schedule now",
-    responses=error_responses(401, 404, 409, 503),
+    responses={202: {"links": EXECUTION_LINKS}, **error_responses(401, 404, 409, 503)},
 )
 async def run_task(
     task_id: str, state: State, request: Request, response: Response
