@@ -1,11 +1,22 @@
 """Schemathesis against the served OpenAPI schema, with every check it has.
 
 Generates valid (positive) and invalid (negative) requests for every operation of
-`create_app` over real Redis and PostgreSQL, with a small example budget per
-operation and a time limit for the whole run, and runs all of schemathesis' checks on
+`create_app` over real Redis and PostgreSQL and runs all of schemathesis' checks on
 each response: not a server error, documented status codes, content types, bodies and
 headers, invalid data rejected, valid data (the schema's own examples included)
-accepted, unsupported methods answered 405 with the path's full `Allow` header.
+accepted, unsupported methods answered 405 with the path's full `Allow` header. A
+stateful run then chains calls along the OpenAPI links the API declares (a created
+execution is read and cancelled by its id; a created schedule is read, patched, run,
+enabled, disabled and deleted; a run's execution is read and cancelled), with the same
+checks plus the stateful ones (a deleted schedule is gone, a created one is there).
+
+The budget is a number of examples, not a time: `MAX_EXAMPLES` per operation and mode,
+`SCENARIOS` stateful scenarios of at most `STEPS` calls, derandomized, so every run
+does the same work and none can pass having tested less. The test asserts that the
+work was done (every operation got examples, every declared link was followed to a
+2xx answer); the sizes keep each test well inside pytest's 120 s timeout on a busy
+2-core machine (about 15 s each when idle), and a run that is slower fails by that
+timeout instead of passing with what it had reached.
 
 One allowance: which function names a process registers, and which arguments each one
 binds, is no part of a static schema, so a schema-valid body naming an unknown function
@@ -14,7 +25,7 @@ or misfitting arguments is a 422 by design (positive data may get 422).
 
 from __future__ import annotations
 
-import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,9 +34,12 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis.errors import Unsatisfiable
-from schemathesis.checks import not_a_server_error
+from hypothesis.stateful import Bundle, MultipleResults, initialize, multiple
+from schemathesis.checks import CHECKS as REGISTERED_CHECKS
+from schemathesis.checks import is_check_class, not_a_server_error
 from schemathesis.config._checks import NegativeDataRejectionConfig, PositiveDataAcceptanceConfig
 from schemathesis.generation import GenerationMode
+from schemathesis.generation.stateful.state_machine import StepInput, StepOutput
 from schemathesis.python.asgi import shutdown_lifespans
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -39,7 +53,8 @@ from agentsched.api import create_app
 from agentsched.settings import Settings
 
 MAX_EXAMPLES = 50
-TIME_LIMIT = 75.0  # seconds for the whole run; pytest's per-test timeout is 120
+SCENARIOS, STEPS = 100, 8
+PREFIX = "/api/scheduler"
 CHECKS: list[Callable[..., Any]] = [
     not_a_server_error,
     status_code_conformance,
@@ -70,8 +85,10 @@ def schema(settings: Settings) -> Iterator[Any]:
         shutdown_lifespans()  # closes the app's connections on schemathesis' event loop
 
 
-def fuzz(operation: Any, mode: GenerationMode, checks: list[Callable[..., Any]]) -> None:
-    """Run `MAX_EXAMPLES` generated requests of one operation through the checks."""
+def fuzz(operation: Any, mode: GenerationMode, checks: list[Callable[..., Any]]) -> int:
+    """Run up to `MAX_EXAMPLES` generated requests of one operation through the checks;
+    returns how many ran."""
+    ran = 0
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @hypothesis_settings(
@@ -83,24 +100,126 @@ def fuzz(operation: Any, mode: GenerationMode, checks: list[Callable[..., Any]])
         suppress_health_check=list(HealthCheck),
     )
     def run(case: Any) -> None:
+        nonlocal ran
+        ran += 1
         case.call_and_validate(additional_checks=checks)  # on top of every built-in check
 
     run()
+    return ran
 
 
-def test_no_server_errors_and_responses_match_the_schema(schema: Any) -> None:
-    deadline = time.monotonic() + TIME_LIMIT
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
+def test_no_server_errors_and_responses_match_the_schema(schema: Any, mode: GenerationMode) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     # An endless stream cannot be fuzzed through ASGI: test_api_events.py covers it.
     operations = [op for op in operations if not op.path.endswith("/events/stream")]
     assert len(operations) == 22  # 15, and 7 the dashboard reads (routes_dashboard.py)
-    negative = [*CHECKS, negative_data_rejection]
-    for mode, checks in ((GenerationMode.POSITIVE, CHECKS), (GenerationMode.NEGATIVE, negative)):
-        for operation in operations:
-            if time.monotonic() > deadline:
-                return  # the budget is spent; what ran has passed
-            try:
-                fuzz(operation, mode, checks)
-            except Unsatisfiable:
-                # No parameter or body to break (GET /functions, GET /health).
-                assert mode is GenerationMode.NEGATIVE, operation.label
+    checks = CHECKS if mode is GenerationMode.POSITIVE else [*CHECKS, negative_data_rejection]
+    examples: dict[str, int] = {}
+    for operation in operations:
+        try:
+            examples[operation.label] = fuzz(operation, mode, checks)
+        except Unsatisfiable:
+            # No parameter or body that can be broken (GET /functions, GET /health, an
+            # unconstrained string in the path): no negative request exists.
+            assert mode is GenerationMode.NEGATIVE, operation.label
+    unexamined = sorted(label for label, count in examples.items() if count == 0)
+    assert not unexamined, f"no {mode} example ran for {unexamined}"
+    if mode is GenerationMode.POSITIVE:
+        assert len(examples) == len(operations)
+
+
+def declared_links(raw: dict[str, Any]) -> set[tuple[str, str]]:
+    """(source, target) operation labels of every OpenAPI link in a schema."""
+    labels = {
+        operation["operationId"]: f"{method.upper()} {path}"
+        for path, operations in raw["paths"].items()
+        for method, operation in operations.items()
+    }
+    return {
+        (f"{method.upper()} {path}", labels[link["operationId"]])
+        for path, operations in raw["paths"].items()
+        for method, operation in operations.items()
+        for response in operation["responses"].values()
+        for link in response.get("links", {}).values()
+    }
+
+
+def test_linked_operations_chain_statefully(schema: Any) -> None:
+    links = declared_links(schema.raw_schema)
+    tasks, executions = f"{PREFIX}/tasks", f"{PREFIX}/executions"
+    by_task_id = [f"{m} {tasks}/{{task_id}}" for m in ("GET", "PATCH", "DELETE")]
+    by_task_id += [f"POST {tasks}/{{task_id}}/{verb}" for verb in ("run", "enable", "disable")]
+    by_execution_id = [f"GET {executions}/{{execution_id}}",
+                       f"POST {executions}/{{execution_id}}/cancel"]  # fmt: skip
+    assert links == {
+        *((f"POST {tasks}", target) for target in by_task_id),
+        *((f"POST {executions}", target) for target in by_execution_id),
+        *((f"POST {tasks}/{{task_id}}/run", target) for target in by_execution_id),
+    }
+    # Only the links the API declares, none that schemathesis would infer.
+    schema.config.phases.stateful.inference.algorithms = []
+    workflow, followed, checked = schema.as_state_machine(), Counter[tuple[str, str]](), set()
+    delete_task = schema[tasks + "/{task_id}"]["DELETE"]
+    components = schema.raw_schema["components"]["schemas"]
+
+    @schema.hook
+    def after_validate(context: Any, case: Any, response: Any, results: list[Any]) -> None:
+        checked.update(result.name for result in results)
+
+    class Scenario(workflow):  # type: ignore[misc, valid-type]
+        """Each scenario starts from a schedule (and a run of it) and an execution made
+        from the schema's own first examples: random bodies rarely name a registered
+        function, so few scenarios would reach a link otherwise. Every later call is
+        generated."""
+
+        seeded = Bundle("seeded")
+
+        def setup(self) -> None:
+            self.created: list[str] = []
+
+        def teardown(self) -> None:
+            # Schedule names are unique: a replayed scenario must find the same state.
+            for task_id in self.created:
+                delete_task.Case(path_parameters={"task_id": task_id}).call()
+            super().teardown()
+
+        def seed(self, path: str, **data: Any) -> StepOutput:
+            case = schema[path]["POST"].Case(**data)
+            self.recorder.record_case(case=case)
+            return self.step(StepInput.initial(case))
+
+        @initialize(target=seeded)
+        def create_and_run_a_schedule(self) -> MultipleResults[StepOutput]:
+            created = self.seed(tasks, body=components["TaskCreate"]["examples"][0])
+            task_id = {"task_id": created.response.json()["id"]}
+            return multiple(created, self.seed(tasks + "/{task_id}/run", path_parameters=task_id))
+
+        @initialize(target=seeded)
+        def enqueue_an_execution(self) -> StepOutput:
+            return self.seed(executions, body=components["ExecutionCreate"]["examples"][0])
+
+        def step(self, input: StepInput) -> StepOutput:
+            output = super().step(input)
+            status, label = output.response.status_code, input.case.operation.label
+            if label == f"POST {tasks}" and status == 201:
+                self.created.append(output.response.json()["id"])
+            if input.transition is not None and input.is_applied and 200 <= status < 300:
+                parent = self.recorder.cases[input.transition.parent_id].value
+                followed[(parent.operation.label, label)] += 1
+            return output
+
+    Scenario.run(
+        settings=hypothesis_settings(
+            max_examples=SCENARIOS,
+            stateful_step_count=STEPS,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    assert set(followed) == links, f"never followed to a 2xx: {sorted(links - set(followed))}"
+    every = {check.__name__ for check in REGISTERED_CHECKS.get_all() if not is_check_class(check)}
+    assert every <= checked, f"checks that never ran: {sorted(every - checked)}"
