@@ -12,13 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import insert
 
 from agentsched.api.schedule_words import cron_words, interval_words
-from agentsched.db.models import TaskExecution
-from agentsched.db.stats import MinuteCache, minute_buckets
 from agentsched.events import EventBus, EventMessage
-from agentsched.jobs.runtime import Runtime
 from agentsched.settings import Settings
 from tests.test_api_support import PREFIX, build_app, eventually, field_error, listed, serve
 
@@ -277,36 +273,3 @@ async def test_create_app_serves_offline_docs_and_redirects_home(settings: Setti
             html = (await root.get(path)).text
             assert f"{PREFIX}/ui/vendor/{asset}" in html
             assert "cdn.jsdelivr" not in html and "fonts.googleapis" not in html
-
-
-async def test_minute_cache_matches_the_query_and_rereads_only_recent_minutes(
-    settings: Settings,
-) -> None:
-    async with Runtime(settings) as runtime:
-        engine, app = runtime.engine, settings.app
-        until = dt.datetime.now(dt.UTC).replace(second=30, microsecond=0)
-
-        async def finished(minutes_ago: float, ms: int, status: str = "success") -> None:
-            end = until - dt.timedelta(minutes=minutes_ago)
-            start = end - dt.timedelta(milliseconds=ms)
-            async with engine.begin() as conn:
-                await conn.execute(insert(TaskExecution).values(
-                    id=str(uuid.uuid4()), app=app, function="tests.noop", status=status,
-                    args=[], kwargs={}, meta={}, enqueued_at=start - dt.timedelta(milliseconds=5),
-                    started_at=start, finished_at=end, attempt=1,
-                ))  # fmt: skip
-
-        for minutes_ago, ms in ((40, 10), (40, 30), (20, 100), (0.2, 7)):
-            await finished(minutes_ago, ms)
-        await finished(20, 50, status="failed")
-        cache = MinuteCache()
-        since = until - dt.timedelta(hours=1)
-        cached = await cache.buckets(engine, app, since, until)
-        assert cached == await minute_buckets(engine, app, since.replace(second=0), until)
-        assert [(b.finished, b.failed) for b in cached] == [(2, 0), (2, 1), (1, 0)]
-        assert cached[0].runtime_p50_ms == 20.0 and cached[1].pickup_p50_ms == 5.0
-        # A settled minute is not read again; the last minutes are, every time.
-        await finished(40, 10)
-        await finished(0.1, 9)
-        again = await cache.buckets(engine, app, since, until)
-        assert [(b.finished, b.failed) for b in again] == [(2, 0), (2, 1), (2, 0)]

@@ -32,7 +32,7 @@ from agentsched.api.models_dashboard import (
     WorkerRead,
 )
 from agentsched.api.schedule_words import schedule_words
-from agentsched.db.stats import Bucket, MinuteCache, last_runs
+from agentsched.db.stats import MINUTES, Bucket, last_runs
 from agentsched.errors import NotFound
 from agentsched.events import EventBus
 from agentsched.events.message import EventMessage
@@ -42,9 +42,6 @@ from agentsched.serialization import now_ms
 TAGS: list[str | Enum] = ["dashboard"]
 LIVE_LEASES = 3  # as /health: three leases without a heartbeat and a worker is gone
 MAX_OUTLOOK = 500
-# Settled minutes of the Overview's charts, per database engine and app (not per loop:
-# plain data, dropped with the engine).
-MINUTES = MinuteCache()
 
 
 def _moment(ms: float) -> dt.datetime:

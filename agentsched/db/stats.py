@@ -1,29 +1,68 @@
 """SQL aggregates of `task_executions` for the dashboard: per-minute figures, last runs.
 
-The server aggregates so a browser never downloads the history: one query over the
-window, grouped by minute, through the `(app, finished_at)` index. PostgreSQL computes
-the percentiles itself; other databases (SQLite, for development) get the window's
-rows and Python computes them.
+The server aggregates so a browser never downloads the history. On PostgreSQL one
+query reads each minute of the window as its own range of the covering index
+`(app, finished_at) INCLUDE (status, attempt, started_at, enqueued_at)`: index-only
+scans, no sort of the window's rows by minute, run time and pickup delay as `date_part`
+doubles (`extract` computes in numeric since PostgreSQL 14), and one
+`percentile_cont(ARRAY[0.5, 0.95])` sort per measure and minute. Other databases
+(SQLite, for development) return the window's rows and Python computes the figures.
 
-`MinuteCache` keeps the minutes that can no longer change (ended more than
-`SETTLED` ago: the recorder writes a status change within about a second) per engine
-and app, so a dashboard polling the last hour re-reads only its last few minutes.
+`MinuteCache` keeps, per engine and app, the figures of the minutes that ended more
+than `SETTLED` ago, and reuses one only while the number of executions that ended in
+that minute is still the one they were computed from (counting the window's minutes
+through the same index costs about half of aggregating them). That keeps the figures
+right when a row is written late (the recorder catching up after a Redis or database
+outage, or claiming a dead recorder's pending snapshots): a terminal row never changes
+again, so a minute's rows only change by a row joining it (a late write) or leaving it
+(retention, a retry putting it back to queued), and either changes its count; the
+minute is then aggregated again. The one change a count cannot see is a row leaving and
+another joining the same minute between two requests.
+
+`minutes_kept_warm` (run by the API's lifespan) fills the cache at start-up and adds
+each minute as it settles, so the Overview's first request after a deploy, on a second
+replica or after an hour nobody watched only counts and reads its last minutes; one
+arriving during the warm-up waits for it instead of aggregating the hour a second time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+import contextlib
 import datetime as dt
+import logging
 import statistics
 import weakref
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy import (
+    DateTime,
+    Float,
+    Text,
+    and_,
+    case,
+    cast,
+    column,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    true,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import Select
+from sqlalchemy.sql.elements import Grouping
 
 from agentsched.db.models import TaskExecution
 from agentsched.status import TERMINAL
+
+log = logging.getLogger("agentsched.dashboard")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,45 +79,137 @@ class Bucket:
 
 
 SETTLED = dt.timedelta(minutes=2)
+MINUTE = dt.timedelta(minutes=1)
+KEEP = dt.timedelta(days=1)  # the longest window the Overview serves
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_TIMES = ARRAY(DateTime(timezone=True))
+_TEXTS = ARRAY(Text)
 
 
 class MinuteCache:
-    """Per engine and app: the settled buckets already read, and up to when."""
+    """Per engine and app: the figures of settled minutes, checked against their count."""
 
     def __init__(self) -> None:
-        self._apps: weakref.WeakKeyDictionary[AsyncEngine, dict[str, _Settled]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._apps: weakref.WeakKeyDictionary[AsyncEngine, dict[str, _Known]]
+        self._apps = weakref.WeakKeyDictionary()
+
+    def _known(self, engine: AsyncEngine, app: str) -> _Known:
+        return self._apps.setdefault(engine, {}).setdefault(app, _Known())
 
     async def buckets(
         self, engine: AsyncEngine, app: str, since: dt.datetime, until: dt.datetime
     ) -> list[Bucket]:
-        """What `minute_buckets` returns for 60-second buckets, reading only what is new."""
-        since = _floor_minute(since)
-        settled_until = _floor_minute(until - SETTLED)
-        known = self._apps.setdefault(engine, {}).get(app)
-        if known is None or known.until < since or known.since > since:
-            known = _Settled(since, since, {})
-        if known.until < settled_until:
-            fresh = await minute_buckets(engine, app, known.until, settled_until)
+        """What `minute_buckets` returns from `since`'s whole minute to `until`,
+        aggregating only the minutes that are recent, not known yet or changed."""
+        spans = _spans(_floor_minute(since), until, 60)
+        settled = _floor_minute(until - SETTLED)
+        known = self._known(engine, app)
+        # One at a time per app: a request arriving while the warm-up (or another
+        # request) aggregates the hour waits for it and then reads only what is new.
+        async with known.lock:
+            old = [s for s in spans if s.hi <= settled]
+            kept: dict[dt.datetime, Bucket] = {}
+            todo = spans
+            if any(s.start in known.buckets for s in old):
+                counts = await _counts(engine, app, old)
+                kept = {
+                    s.start: b
+                    for s in old
+                    if (b := known.buckets.get(s.start)) and b.finished == counts.get(s.start)
+                }
+                todo = [
+                    s
+                    for s in spans
+                    if s.start not in kept and (s.hi > settled or counts.get(s.start))
+                ]
+            fresh = await _aggregate(engine, app, todo)
+            done = {**kept, **{b.start: b for b in fresh}}
+            # Minutes before the window stay (unchecked) for a longer window's request.
+            older = {
+                k: b for k, b in known.buckets.items() if until - KEEP <= k < _floor_minute(since)
+            }
+            known.buckets = {**older, **{k: b for k, b in done.items() if k + MINUTE <= settled}}
+        return sorted(done.values(), key=lambda b: b.start)
+
+    async def warm(self, engine: AsyncEngine, app: str, minutes: int = 60) -> None:
+        """Aggregate the settled minutes of the last `minutes` that are not known yet
+        (no counts: `buckets` checks every minute it reuses)."""
+        until = dt.datetime.now(dt.UTC)
+        settled = _floor_minute(until - SETTLED)
+        known = self._known(engine, app)
+        async with known.lock:
+            since = _floor_minute(until - dt.timedelta(minutes=minutes))
+            spans = _spans(max(since, known.warmed or since), settled, 60)
+            fresh = await _aggregate(
+                engine, app, [s for s in spans if s.start not in known.buckets]
+            )
             known.buckets.update({b.start: b for b in fresh})
-            known.until = settled_until
-        known.buckets = {k: b for k, b in known.buckets.items() if k >= since}
-        known.since = since
-        self._apps[engine][app] = known
-        recent = await minute_buckets(engine, app, max(known.until, since), until)
-        return [*sorted(known.buckets.values(), key=lambda b: b.start), *recent]
+            known.buckets = {k: b for k, b in known.buckets.items() if k >= until - KEEP}
+            known.warmed = settled
 
 
 @dataclass(slots=True)
-class _Settled:
-    since: dt.datetime
-    until: dt.datetime
-    buckets: dict[dt.datetime, Bucket]
+class _Known:
+    buckets: dict[dt.datetime, Bucket] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    warmed: dt.datetime | None = None  # `warm` aggregated the minutes before this one
+
+
+# The Overview's settled minutes, per database engine and app (not per loop: plain
+# data and a lock, dropped with the engine).
+MINUTES = MinuteCache()
+WARM_EVERY = 30.0
+
+
+@contextlib.asynccontextmanager
+async def minutes_kept_warm(
+    engine: AsyncEngine, app: str, every: float = WARM_EVERY
+) -> AsyncIterator[None]:
+    """Aggregate `MINUTES` of `app` now and then every `every` seconds as minutes settle,
+    while the block runs: the Overview's first request after a start, or after an hour
+    nobody watched, then only checks counts and reads its last minutes."""
+    stop = asyncio.Event()
+
+    async def keep() -> None:
+        while not stop.is_set():
+            try:
+                await MINUTES.warm(engine, app)
+            except Exception:  # the database away: the Overview itself reports that
+                log.debug("warming the Overview's minutes failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
+
+    task = asyncio.create_task(keep())
+    try:
+        yield
+    finally:
+        stop.set()
+        # A round in progress ends by itself; one stuck on an unreachable database not.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(task, 5)
 
 
 def _floor_minute(moment: dt.datetime) -> dt.datetime:
     return moment.replace(second=0, microsecond=0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """One bucket's part of a window: the rows that ended in `[lo, hi)`."""
+
+    start: dt.datetime
+    lo: dt.datetime
+    hi: dt.datetime
+
+
+def _spans(since: dt.datetime, until: dt.datetime, seconds: int) -> list[_Span]:
+    step = dt.timedelta(seconds=seconds)
+    start = _EPOCH + (since - _EPOCH) // step * step
+    spans = []
+    while start < until:
+        spans.append(_Span(start, max(start, since), min(start + step, until)))
+        start += step
+    return spans
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +222,128 @@ class LastRun:
     enqueued_at: dt.datetime | None
 
 
-def _epoch(value: Any) -> Any:
-    return func.extract("epoch", value)
+async def minute_buckets(
+    engine: AsyncEngine, app: str, since: dt.datetime, until: dt.datetime, seconds: int = 60
+) -> list[Bucket]:
+    """Per-bucket figures of one app's executions that ended in `[since, until)`.
+
+    Run time is `finished_at - started_at` of finished runs that started; pickup delay
+    is `started_at - enqueued_at` of first attempts (it includes any requested delay).
+    Buckets with nothing in them are left out.
+    """
+    return await _aggregate(engine, app, _spans(since, until, seconds))
 
 
-def _ms(start: Any, end: Any) -> Any:
-    return (_epoch(end) - _epoch(start)) * 1000.0
+def _ended(app: str, lo: Any, hi: Any) -> Any:
+    T = TaskExecution
+    return and_(
+        T.app == app, T.finished_at >= lo, T.finished_at < hi, T.status.in_(sorted(TERMINAL))
+    )
+
+
+async def _aggregate(engine: AsyncEngine, app: str, spans: Sequence[_Span]) -> list[Bucket]:
+    if not spans:
+        return []
+    if engine.dialect.name == "postgresql":
+        return await _pg_buckets(engine, app, spans)
+    return await _rows_buckets(engine, app, spans)
+
+
+async def _rows_buckets(engine: AsyncEngine, app: str, spans: Sequence[_Span]) -> list[Bucket]:
+    """The rows from the first span to the last into Python (gaps included: SQLite's
+    histories are a developer's)."""
+    T = TaskExecution
+    query = select(T.finished_at, T.started_at, T.enqueued_at, T.status, T.attempt)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query.where(_ended(app, spans[0].lo, spans[-1].hi)))).all()
+    return _python_buckets(rows, spans)
+
+
+async def _counts(engine: AsyncEngine, app: str, spans: Sequence[_Span]) -> dict[dt.datetime, int]:
+    """How many executions ended in each span (whole minutes), by its start (0 left out)."""
+    if not spans:
+        return {}
+    if engine.dialect.name != "postgresql":
+        # SQLite keeps UTC times as ISO text: its first 16 characters name the minute.
+        T = TaskExecution
+        minute = func.substr(T.finished_at, 1, 16)
+        query = select(minute, func.count()).where(_ended(app, spans[0].lo, spans[-1].hi))
+        async with engine.connect() as conn:
+            rows = (await conn.execute(query.group_by(minute))).all()
+        counts = {dt.datetime.fromisoformat(m).replace(tzinfo=dt.UTC): int(n) for m, n in rows}
+        return {s.start: counts[s.start] for s in spans if s.start in counts}
+    span = _span_table(spans)
+    n = select(func.count().label("n")).where(_ended(app, span.c.lo, span.c.hi)).lateral("n")
+    query = select(span.c.lo, n.c.n).select_from(span.join(n, true())).where(n.c.n > 0)
+    start = {s.lo: s.start for s in spans}
+    return {start[lo]: int(count) for lo, count in await _pg_rows(engine, query)}
+
+
+def _span_table(spans: Sequence[_Span]) -> Any:
+    """The spans as rows `(lo, hi)` of a FROM clause, from two array parameters."""
+    # Sent as text[]: asyncpg knows its codec, while a timestamptz[] parameter (or a
+    # float8[] result) costs each new connection a type introspection query, ~9 ms each.
+    los = cast(literal([s.lo.isoformat() for s in spans], _TEXTS), _TIMES)
+    his = cast(literal([s.hi.isoformat() for s in spans], _TEXTS), _TIMES)
+    kind = DateTime(timezone=True)
+    return (
+        func.unnest(los, his)
+        .table_valued(column("lo", kind), column("hi", kind))
+        .render_derived("span")
+    )
+
+
+async def _pg_rows(engine: AsyncEngine, query: Select[Any]) -> Sequence[Any]:
+    async with engine.connect() as conn:
+        # A long window looks costly enough to the planner to compile the query with
+        # JIT, which takes 0.3 s by itself; index-only scans of minutes gain nothing.
+        await conn.execute(text("SET LOCAL jit = off"))
+        rows: Sequence[Any] = (await conn.execute(query)).all()
+    return rows
+
+
+def _ms(interval: Any) -> Any:
+    return func.date_part("epoch", interval) * 1000.0
+
+
+async def _pg_buckets(engine: AsyncEngine, app: str, spans: Sequence[_Span]) -> list[Bucket]:
+    T = TaskExecution
+    span = _span_table(spans)
+    fractions = cast(array([0.5, 0.95]), ARRAY(Float))
+    # NULL when a time is missing: percentile_cont skips those rows.
+    runtime = _ms(T.finished_at - T.started_at)
+    pickup = case((T.attempt == 1, _ms(T.started_at - T.enqueued_at)))
+    figures = (
+        select(
+            func.count().label("finished"),
+            func.count().filter(T.status == "failed").label("failed"),
+            *_p50_p95(func.percentile_cont(fractions).within_group(runtime)),
+            *_p50_p95(func.percentile_cont(fractions).within_group(pickup)),
+        )
+        .where(_ended(app, span.c.lo, span.c.hi))
+        .lateral("figures")
+    )
+    query = (
+        select(span.c.lo, figures)
+        .select_from(span.join(figures, true()))
+        .where(figures.c.finished > 0)
+        .order_by(span.c.lo)
+    )
+    start = {s.lo: s.start for s in spans}
+    buckets = []
+    for lo, finished, failed, *ms in await _pg_rows(engine, query):
+        buckets.append(Bucket(start[lo], int(finished), int(failed), *map(_round, ms)))
+    return buckets
+
+
+def _p50_p95(percentiles: Any) -> tuple[Any, Any]:
+    """Both elements of one aggregate's array (PostgreSQL computes it once)."""
+    both = type_coerce(Grouping(percentiles), ARRAY(Float))
+    return both[1], both[2]
+
+
+def _round(value: Any) -> float | None:
+    return None if value is None else round(float(value), 3)
 
 
 def _percentile(values: Sequence[float], q: float) -> float | None:
@@ -107,97 +354,34 @@ def _percentile(values: Sequence[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
-async def minute_buckets(
-    engine: AsyncEngine, app: str, since: dt.datetime, until: dt.datetime, seconds: int = 60
-) -> list[Bucket]:
-    """Per-bucket figures of one app's executions that ended in `[since, until)`.
-
-    Run time is `finished_at - started_at` of finished runs that started; pickup delay
-    is `started_at - enqueued_at` of first attempts (it includes any requested delay).
-    Buckets with nothing in them are left out.
-    """
-    T = TaskExecution
-    where = and_(
-        T.app == app,
-        T.finished_at >= since,
-        T.finished_at < until,
-        T.status.in_(sorted(TERMINAL)),
-    )
-    if engine.dialect.name == "postgresql":
-        return await _pg_buckets(engine, where, seconds)
-    query = select(T.finished_at, T.started_at, T.enqueued_at, T.status, T.attempt).where(where)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    return _python_buckets(rows, seconds)
-
-
-async def _pg_buckets(engine: AsyncEngine, where: Any, seconds: int) -> list[Bucket]:
-    T = TaskExecution
-    bucket = func.floor(_epoch(T.finished_at) / seconds).label("bucket")
-    runtime = case((T.started_at.is_not(None), _ms(T.started_at, T.finished_at)))
-    first_start = and_(T.attempt == 1, T.started_at.is_not(None))
-    pickup = case((first_start, _ms(T.enqueued_at, T.started_at)))
-    query = (
-        select(
-            bucket,
-            func.count(),
-            func.count().filter(T.status == "failed"),
-            func.percentile_cont(0.5).within_group(runtime),
-            func.percentile_cont(0.95).within_group(runtime),
-            func.percentile_cont(0.5).within_group(pickup),
-            func.percentile_cont(0.95).within_group(pickup),
-        )
-        .where(where)
-        .group_by(bucket)
-        .order_by(bucket)
-    )
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    return [
-        Bucket(
-            start=dt.datetime.fromtimestamp(float(b) * seconds, dt.UTC),
-            finished=int(n),
-            failed=int(f),
-            runtime_p50_ms=_round(r50),
-            runtime_p95_ms=_round(r95),
-            pickup_p50_ms=_round(p50),
-            pickup_p95_ms=_round(p95),
-        )
-        for b, n, f, r50, r95, p50, p95 in rows
-    ]
-
-
-def _round(value: Any) -> float | None:
-    return None if value is None else round(float(value), 3)
-
-
-def _python_buckets(rows: Iterable[Any], seconds: int) -> list[Bucket]:
+def _python_buckets(rows: Iterable[Any], spans: Sequence[_Span]) -> list[Bucket]:
+    los = [s.lo for s in spans]
     groups: dict[int, list[Any]] = {}
     for row in rows:
-        groups.setdefault(int(row.finished_at.timestamp() // seconds), []).append(row)
-    buckets = []
-    for key in sorted(groups):
-        items = groups[key]
-        runtimes = sorted(
-            (r.finished_at - r.started_at).total_seconds() * 1000 for r in items if r.started_at
-        )
-        pickups = sorted(
-            (r.started_at - r.enqueued_at).total_seconds() * 1000
-            for r in items
-            if r.started_at and r.enqueued_at and r.attempt == 1
-        )
-        buckets.append(
-            Bucket(
-                start=dt.datetime.fromtimestamp(key * seconds, dt.UTC),
-                finished=len(items),
-                failed=sum(1 for r in items if r.status == "failed"),
-                runtime_p50_ms=_round(_percentile(runtimes, 0.5)),
-                runtime_p95_ms=_round(_percentile(runtimes, 0.95)),
-                pickup_p50_ms=_round(_percentile(pickups, 0.5)),
-                pickup_p95_ms=_round(_percentile(pickups, 0.95)),
-            )
-        )
-    return buckets
+        i = bisect.bisect_right(los, row.finished_at) - 1
+        if i >= 0 and row.finished_at < spans[i].hi:
+            groups.setdefault(i, []).append(row)
+    return [_python_bucket(spans[i].start, groups[i]) for i in sorted(groups)]
+
+
+def _python_bucket(start: dt.datetime, items: Sequence[Any]) -> Bucket:
+    runtimes = sorted(
+        (r.finished_at - r.started_at).total_seconds() * 1000 for r in items if r.started_at
+    )
+    pickups = sorted(
+        (r.started_at - r.enqueued_at).total_seconds() * 1000
+        for r in items
+        if r.started_at and r.enqueued_at and r.attempt == 1
+    )
+    return Bucket(
+        start=start,
+        finished=len(items),
+        failed=sum(1 for r in items if r.status == "failed"),
+        runtime_p50_ms=_round(_percentile(runtimes, 0.5)),
+        runtime_p95_ms=_round(_percentile(runtimes, 0.95)),
+        pickup_p50_ms=_round(_percentile(pickups, 0.5)),
+        pickup_p95_ms=_round(_percentile(pickups, 0.95)),
+    )
 
 
 async def last_runs(
