@@ -193,10 +193,7 @@ class TaskRead(BaseModel):
     misfire_grace_seconds: float | None
     max_catchup: int
     overlap: str
-    skipped_runs: int = Field(
-        description="Fire times skipped (misfire or overlap); after a downtime of over 2,000"
-        " cron fire times, a lower bound"
-    )
+    skipped_runs: int = Field(description="Fire times skipped (misfire or overlap), exactly")
     next_run_at: dt.datetime | None
     last_run_at: dt.datetime | None
     created_at: dt.datetime | None

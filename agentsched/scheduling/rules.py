@@ -6,8 +6,8 @@ timezone: a wall time that does not exist (spring forward) is skipped; one that 
 (fall back) fires once, at its first occurrence, unless the cron's hour field matches
 every hour: such a cron keeps its cadence through both passes of the repeated hour.
 Interval schedules count absolute seconds from their previous fire time. `plan_fires`
-decides which due fire times to run after a delay or downtime; every function takes
-`now` explicitly.
+decides which due fire times to run after a delay or downtime (`counting.py` counts the
+missed ones); every function takes `now` explicitly.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pydantic import (
 
 from agentsched.errors import InvalidInput, InvalidSchedule
 from agentsched.registry import validate_name
+from agentsched.scheduling.counting import count_fires
 from agentsched.serialization import check_json
 
 UTC = dt.UTC
@@ -46,9 +47,6 @@ MIN_INTERVAL, MAX_INTERVAL = 1.0, 366 * 86_400.0
 MAX_YEARS_BETWEEN_FIRES = 8
 # Cron candidates examined per call: a whole skipped day (Samoa, 2011) is 1,440 minutes.
 MAX_CRON_STEPS = 3_000
-# Missed cron fire times counted one by one after a downtime (~0.2 ms each); beyond this
-# the count is reported as a lower bound. Interval schedules are counted exactly.
-MAX_COUNTED = 2_000
 MAX_PAYLOAD_BYTES = 65_536
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
@@ -390,7 +388,6 @@ class FirePlan:
     runs: list[dt.datetime]  # fire times to enqueue, oldest first
     next_run_at: dt.datetime | None  # the first fire time after now (None: cannot fire)
     missed: int  # due fire times not run (older than the grace, dropped by the policy)
-    exact: bool = True  # False: `missed` is a lower bound (over MAX_COUNTED cron fire times)
     caught_up: int = 0  # runs that are misfires run late (run_once / run_all after downtime)
 
 
@@ -400,8 +397,9 @@ def plan_fires(schedule: Policy, due: dt.datetime, now: dt.datetime) -> FirePlan
     A fire time at most `misfire_grace_seconds` old is on time and runs. Older ones are
     misfires: `run_once` runs the latest of them only when nothing is on time, `skip`
     runs none, `run_all` runs them all. At most `max_catchup` runs (the latest) per plan.
+    `missed` is exact however long the downtime (cron: `count_fires`, interval: arithmetic).
     """
-    cap, exact = schedule.max_catchup, True
+    cap = schedule.max_catchup
     if schedule.interval_seconds is not None:
         step = dt.timedelta(seconds=schedule.interval_seconds)
         total = (now - due) // step + 1 if now >= due else 0
@@ -418,15 +416,9 @@ def plan_fires(schedule: Policy, due: dt.datetime, now: dt.datetime) -> FirePlan
         if due <= now and len(latest) < cap + 1:
             latest.append(due)
         total = len(latest)
-        if len(latest) == cap + 1:  # the downtime may hold more: count on, boundedly
-            while cursor > due:
-                if total >= MAX_COUNTED:
-                    exact = False
-                    break
-                cursor = prev_fire(schedule, cursor)
-                if cursor < due:
-                    break
-                total += 1
+        if total == cap + 1 and schedule.cron is not None:  # the downtime may hold more
+            total = count_fires(schedule.cron, zone(schedule.timezone), due, now,
+                                both_passes=_every_hour(schedule.cron))  # fmt: skip
     grace = schedule.misfire_grace_seconds
     cutoff = now - dt.timedelta(seconds=DEFAULT_GRACE_SECONDS if grace is None else grace)
     on_time = [f for f in latest if f >= cutoff]
@@ -439,5 +431,4 @@ def plan_fires(schedule: Policy, due: dt.datetime, now: dt.datetime) -> FirePlan
         chosen = on_time or missed[:1]
     runs = sorted(chosen[:cap])
     late = sum(1 for f in runs if f < cutoff)
-    return FirePlan(runs=runs, next_run_at=following, missed=total - len(runs), exact=exact,
-                    caught_up=late)  # fmt: skip
+    return FirePlan(runs=runs, next_run_at=following, missed=total - len(runs), caught_up=late)

@@ -267,9 +267,8 @@ def _runnable(
     """The fire times of a plan to enqueue, after the overlap policy; logs what it drops."""
     # One line per decision, at INFO or above, so the worker log explains every gap.
     if plan.missed:
-        log.warning("schedule %s: %s%d missed fire time(s) not run (misfire_policy=%s)",
-                    schedule.name, "" if plan.exact else "at least ", plan.missed,
-                    schedule.misfire_policy)  # fmt: skip
+        log.warning("schedule %s: %d missed fire time(s) not run (misfire_policy=%s)",
+                    schedule.name, plan.missed, schedule.misfire_policy)  # fmt: skip
     if plan.caught_up:
         log.info("schedule %s: catching up %d missed fire time(s), the oldest due %s "
                  "(misfire_policy=%s)", schedule.name, plan.caught_up,
