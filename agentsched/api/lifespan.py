@@ -2,8 +2,9 @@
 
 Either one opens a `Runtime` (Redis and the database), imports
 `AGENTSCHED_TASK_MODULES`, loads the app's tasks file(s), starts a `Recorder` (so
-executions enqueued through the API reach SQL even when no worker runs) and puts the
-state on `app.state.agentsched`, where the router finds it. Everything is closed in
+executions enqueued through the API reach SQL even when no worker runs), keeps the
+dashboard's per-minute figures aggregated (`agentsched.db.stats.minutes_kept_warm`) and
+puts the state on `app.state.agentsched`, where the router finds it. Everything is closed in
 reverse order on the way out.
 
 Use it as the app's lifespan::
@@ -35,6 +36,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from agentsched.api.deps import STATE_ATTR, ApiState
+from agentsched.db.stats import minutes_kept_warm
 from agentsched.errors import AgentschedError
 from agentsched.jobs.queue import TaskQueue
 from agentsched.jobs.recorder import Recorder
@@ -121,7 +123,9 @@ async def agentsched_context(
         )
         setattr(app.state, STATE_ATTR, state)
         try:
-            yield state
+            # The Overview's settled minutes aggregated before its first request.
+            async with minutes_kept_warm(runtime.engine, settings.app):
+                yield state
         finally:
             if getattr(app.state, STATE_ATTR, None) is state:
                 delattr(app.state, STATE_ATTR)
