@@ -8,21 +8,26 @@ PostgreSQL, beside a bare FastAPI endpoint measured in the same run.
 Both apps run as `uvicorn <factory> --factory` subprocesses (one worker). Each request
 is sent `--gets` times in sequence; p50 and p95 are printed with the ratio to the bare
 endpoint, and PASS when p50 is under 100 ms (p95 moves with the load other processes
-put on this shared machine). It also prints the Overview's first (cold) request, which
-aggregates the whole hour before the settled minutes are cached, and the cost of the
-history's last page by offset against the same page by keyset cursor.
+put on this shared machine). The Overview's first (cold) request, sent once the API
+answers /health, is measured on an API process without the warm-up its lifespan starts,
+so nothing is cached and it aggregates the whole hour: PASS under 100 ms too. Beside it
+the same first request to the API as shipped (the warm-up may have run), and the cost of
+the history's last page by offset against the same page by keyset cursor.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -31,6 +36,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agentsched.api import create_app
 from agentsched.api.models_dashboard import make_cursor
 from agentsched.db.engine import open_database
 from bench.bench_api import cleanup_redis, latency, served, wait_ready
@@ -101,6 +107,29 @@ async def seed(rows: int, minutes: int) -> tuple[str, str]:
     return str(records[rows // 2][0]), make_cursor(last["enqueued_at"], last["id"])
 
 
+async def timed_get(url: str) -> float:
+    """ms of one GET of `url` on a new connection."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        started = time.perf_counter()
+        response = await client.get(url)
+        elapsed = (time.perf_counter() - started) * 1000
+    response.raise_for_status()
+    return elapsed
+
+
+@contextlib.asynccontextmanager
+async def _no_warm_up(engine: Any, app: str, every: float = 0) -> AsyncIterator[None]:
+    yield
+
+
+def unwarmed_app() -> Any:
+    """`create_app()` without the Overview's warm-up: its first request has nothing cached."""
+    import agentsched.api.lifespan
+
+    agentsched.api.lifespan.minutes_kept_warm = _no_warm_up  # type: ignore[attr-defined]
+    return create_app()
+
+
 async def run(args: argparse.Namespace) -> int:
     prefix = f"bench:dash:{uuid.uuid4().hex[:8]}:"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTSCHED_")}
@@ -130,20 +159,19 @@ async def run(args: argparse.Namespace) -> int:
             ("Workers", "/workers"),
             ("Dead letters", "/dead-letters"),
         ]
-        with (
-            served("agentsched.api:create_app", env) as (api, _),
-            served("bench.bench_api:bare_app", env) as (bare, _),
-        ):
-            await wait_ready(f"{api}/api/scheduler/health")
+        # One server at a time: no start-up beside a measured first request.
+        with served("bench.bench_api:bare_app", env) as (bare, _):
             await wait_ready(f"{bare}/items")
-            async with httpx.AsyncClient(timeout=30) as client:
-                started = time.perf_counter()
-                (await client.get(f"{api}/api/scheduler/overview")).raise_for_status()
-                cold = (time.perf_counter() - started) * 1000
-            bare_p50, bare_p95 = await latency(f"{bare}/items?limit=50", args.gets)
-            for page, path in requests:
-                p50, p95 = await latency(f"{api}/api/scheduler{path}", args.gets)
-                results.append((page, path, p50, p95))
+            with served("bench.bench_dashboard:unwarmed_app", env) as (api, _):
+                await wait_ready(f"{api}/api/scheduler/health")
+                cold = await timed_get(f"{api}/api/scheduler/overview")
+            with served("agentsched.api:create_app", env) as (api, _):
+                await wait_ready(f"{api}/api/scheduler/health")
+                shipped = await timed_get(f"{api}/api/scheduler/overview")
+                bare_p50, bare_p95 = await latency(f"{bare}/items?limit=50", args.gets)
+                for page, path in requests:
+                    p50, p95 = await latency(f"{api}/api/scheduler{path}", args.gets)
+                    results.append((page, path, p50, p95))
     finally:
         await cleanup_redis(prefix, [])
         await pg_admin(f'DROP DATABASE IF EXISTS "{PG_DB}" WITH (FORCE)')
@@ -164,8 +192,14 @@ async def run(args: argparse.Namespace) -> int:
     print(f"\nlast page of the history: offset {offset:.2f} ms, keyset cursor {keyset:.2f} ms "
           f"(offset/keyset {offset / keyset:.1f}x; keyset last/first page "
           f"{keyset / first:.2f}x)")  # fmt: skip
-    print(f"Overview's first request (the whole hour aggregated, nothing cached): {cold:.0f} ms")
-    print(f"target: every page's requests p50 < {TARGET_MS:.0f} ms: {verdict(ok)}")
+    cold_ok = cold < TARGET_MS
+    print(f"Overview's first request, nothing cached (no warm-up, the whole hour aggregated):"
+          f" {cold:.0f} ms ({cold / bare_p50:.0f}x bare p50)  {verdict(cold_ok)}")  # fmt: skip
+    print(f"  with the lifespan's warm-up (as shipped), the first request after /health: "
+          f"{shipped:.0f} ms")  # fmt: skip
+    ok = ok and cold_ok
+    print(f"target: every page's requests p50 and the Overview's first request "
+          f"< {TARGET_MS:.0f} ms: {verdict(ok)}")  # fmt: skip
     print(f"(2-core machine, load average {os.getloadavg()[0]:.1f}: other processes share it)")
     return 0 if ok else 1
 
