@@ -64,6 +64,22 @@ def sample(name: str, **labels: str) -> float | None:
     return REGISTRY.get_sample_value(name, labels)
 
 
+async def listening(host: str, port: int, timeout: float = 30) -> None:
+    """Wait until something accepts connections on host:port."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+        else:
+            writer.close()
+            await writer.wait_closed()
+            return
+
+
 async def scrape(port: int) -> str:
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
@@ -323,6 +339,9 @@ async def test_the_worker_port_listens_on_loopback_unless_told_otherwise(
     private, public = free_port(), free_port()
     await run_worker(metrics_port=private)
     await run_worker(metrics_port=public, metrics_host="0.0.0.0")
+    # Each port opens in its worker's start-up, which takes its time on a busy machine.
+    await listening("127.0.0.1", private)
+    await listening(address, public)
     assert value(await scrape(private), "agentsched_workers_alive", app=settings.app) is not None
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient() as client:
