@@ -16,7 +16,7 @@ does the same work and none can pass having tested less (a time limit did: it re
 early, passing, when a busy machine was slow). Each test asserts that its work was done
 (every operation got examples, every declared link was followed to a 2xx answer). The
 fuzzing is one test per OpenAPI tag and mode, so each piece stays well inside pytest's
-120 s timeout on a busy 2-core machine (at most about 5 s when idle, 30 s under the
+120 s timeout on a busy 2-core machine (at most about 5 s when idle, 16 s under the
 suite's 4 workers); a run slower than that fails by the timeout, it does not pass.
 
 One allowance: which function names a process registers, and which arguments each one
