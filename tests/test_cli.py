@@ -622,3 +622,32 @@ async def test_worker_app_dir_loads_the_apps_own_configuration(settings: Setting
     async with TaskQueue(scraper) as queue:
         result = await queue.get_result(execution.id, timeout=5)
     assert result["pages"] == 0 and "http://127.0.0.1:1/" in result["errors"][0]
+
+
+def test_a_tail_following_the_dev_platform_says_nothing_of_its_redis_going_with_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`agentsched dev` removes its state file before stopping its Redis: an outage line
+    from then on would come before the tail's one line about the platform's end."""
+    import logging
+    import os
+
+    from agentsched.cli.platform import _WhilePlatformRuns
+    from agentsched.dev_state import DevState, write_state
+
+    path = tmp_path / "dev.env"
+    values = {"AGENTSCHED_DEV_PID": str(os.getpid()), "AGENTSCHED_REDIS_URL": "redis://x:1/0"}
+    write_state([path], values)
+    log = logging.getLogger("agentsched.redis")
+    quiet = _WhilePlatformRuns(DevState(path, values))
+    log.addFilter(quiet)
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentsched.redis"):
+            log.warning("Redis is unavailable (while the platform runs)")
+            path.unlink()  # the platform is stopping
+            log.warning("Redis is unavailable (as the platform stops)")
+    finally:
+        log.removeFilter(quiet)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Redis is unavailable (while the platform runs)"
+    ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -134,6 +135,19 @@ async def _watch(state: DevState) -> None:
         await asyncio.sleep(STATE_POLL)
 
 
+class _WhilePlatformRuns(logging.Filter):
+    """Outage lines of a tail that follows a dev platform, only while the platform runs:
+    `agentsched dev` removes its state file before it stops its Redis, so a Redis gone
+    with the platform is the platform's end (said in one line), not an outage."""
+
+    def __init__(self, state: DevState) -> None:
+        super().__init__()
+        self.state = state
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.state.still_current()
+
+
 async def _tail(args: argparse.Namespace, redis_url: str | None, from_id: str) -> None:
     from agentsched.events import EventBus
     from agentsched.settings import get_settings, mask_url
@@ -164,6 +178,9 @@ def events_tail(args: argparse.Namespace) -> int:
 
     async def work() -> int:
         state, redis_url, from_id = target.dev, None, args.from_id
+        if state is not None:
+            quiet = _WhilePlatformRuns(state)
+            logging.getLogger("agentsched.redis").addFilter(quiet)
         while True:
             tail = asyncio.create_task(_tail(args, redis_url, from_id))
             if state is None:
@@ -192,6 +209,6 @@ def events_tail(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            redis_url, from_id = state.redis_url, "$"
+            redis_url, from_id, quiet.state = state.redis_url, "$", state
 
     return run_async(work, interrupted=0)
