@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from agentsched import TaskQueue
 from agentsched.db.models import TaskExecution
+from agentsched.observability import metrics, tracing
 from agentsched.settings import Settings, load_settings
 from bench.common import pg_url
 from bench.peers.driver import Driver, Run, WorkerDied, done_timeout
@@ -73,7 +74,12 @@ class AgentschedDriver(Driver):
 
     async def open(self, run: Run) -> None:
         self._stack = AsyncExitStack()
-        queue = TaskQueue(settings_for(run, **self.overrides))
+        settings = settings_for(run, **self.overrides)
+        # A TaskQueue follows the process' observability switches (set once at start-up
+        # by a worker or an API): the bench's client takes this run's.
+        metrics.configure(settings.metrics_enabled)
+        tracing.configure(settings.tracing)
+        queue = TaskQueue(settings)
         self.queue = await self._stack.enter_async_context(queue)
         self.stamps = 0
 
