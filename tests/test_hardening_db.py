@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -95,3 +98,39 @@ async def test_history_writes_survive_a_dropped_database_connection(settings: Se
         for written in (first, second):
             found = await store.get(settings.app, str(written["id"]))
             assert found is not None and found.status is TaskStatus.QUEUED
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_page_and_its_total_come_from_one_snapshot_on_sqlite(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A recorder committing between the page's SELECT and its count must not give a
+    page of one row with a total of two (pysqlite ran each SELECT on its own)."""
+    from sqlalchemy import event
+
+    from agentsched.jobs.queue import TaskQueue
+
+    async with TaskQueue(settings.model_copy(update={"durable_enqueue": True})) as queue:
+        await queue.enqueue("tests.noop")
+        engine = queue.runtime.engine
+        path = str(tmp_path / "agentsched.db")
+
+        def write_between(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+            if "count(" not in statement.lower():
+                return
+            with sqlite3.connect(path) as other:  # another process' recorder, committing
+                cols = [r[1] for r in other.execute("PRAGMA table_info(task_executions)")]
+                picked = ", ".join("'late-row'" if c == "id" else c for c in cols)
+                other.execute(
+                    f"INSERT INTO task_executions ({', '.join(cols)})"
+                    f" SELECT {picked} FROM task_executions LIMIT 1"
+                )
+
+        event.listen(engine.sync_engine, "before_cursor_execute", write_between)
+        try:
+            items, total = await queue.list_executions()
+        finally:
+            event.remove(engine.sync_engine, "before_cursor_execute", write_between)
+        assert (len(items), total) == (1, 1)
+        items, total = await queue.list_executions()
+        assert (len(items), total) == (2, 2)  # the late row, in the next snapshot

@@ -295,9 +295,12 @@ class ExecutionStore:
             .offset(offset)
         )
         async with self.engine.connect() as conn:
+            # The page and its total from one snapshot, while recorders write (pysqlite
+            # would run each SELECT in a transaction of its own: a page empty, total 1).
             if self.engine.dialect.name == "postgresql":
-                # The page and its total from one snapshot, while recorders write.
                 await conn.execution_options(isolation_level="REPEATABLE READ")
+            elif self.engine.dialect.name == "sqlite":
+                await conn.exec_driver_sql("BEGIN")
             rows = (await conn.execute(query)).all()
             total = await conn.scalar(select(func.count()).select_from(TaskExecution).where(*where))
         return [from_row(r) for r in rows], int(total or 0)
