@@ -40,7 +40,11 @@ def redis_executable() -> str:
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
+    """Nothing listens on `port`: a server could bind it now. As servers do (Redis,
+    uvicorn), with SO_REUSEADDR: connections of a stopped server that linger in
+    TIME_WAIT do not hold the port, a listener does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -32,7 +32,7 @@ from agentsched.dev import (
 )
 from agentsched.dev_state import read_env_file
 from agentsched.dev_supervisor import CrashPolicy, describe_exit
-from agentsched.embedded_redis import EmbeddedRedis, free_port, port_is_free
+from agentsched.embedded_redis import EmbeddedRedis, port_is_free
 from agentsched.errors import ConfigError, ServiceUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +160,10 @@ def dev_runner(tmp_path: Path) -> Iterator[list[DevProcess]]:
 def test_dev_becomes_ready_and_sigint_stops_everything(
     tmp_path: Path, dev_runner: list[DevProcess]
 ) -> None:
-    redis_port, base = free_port(), free_port_run()
+    base = free_port_run()
+    redis_port = base
+    while base <= redis_port < base + len(APP_NAMES):  # below the ephemeral range too
+        redis_port = free_port_run(1)
     env = clean_env(AGENTSCHED_DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/dev.db")
     state = tmp_path / "state"
     dev = DevProcess(
@@ -353,3 +356,23 @@ def test_dev_with_unreachable_redis_is_one_line(tmp_path: Path) -> None:
     assert line.startswith("agentsched: Redis unreachable at redis://127.0.0.1:1/0: ")
     assert "starting embedded Redis" not in result.stdout
     assert not (tmp_path / "dev.env").exists()
+
+
+def test_a_port_whose_connections_linger_in_time_wait_is_free_a_listened_one_not() -> None:
+    """`agentsched dev` checks its ports before starting; a platform just stopped leaves
+    its Redis port's closed connections in TIME_WAIT, which must not make it 'in use'."""
+    import socket
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    assert not port_is_free(port)
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = server.accept()
+    accepted.close()  # the server side closes first: its end waits in TIME_WAIT
+    client.recv(1)
+    client.close()
+    server.close()
+    assert port_is_free(port)
