@@ -158,6 +158,11 @@ async def test_every_page_loads_without_console_errors(
                     await expect(t.page.get_by_role("table")).to_contain_text("1 live worker")
                 if name == "Events":  # the tail starts a minute back: this test's runs show
                     await expect(t.page.get_by_role("table")).to_contain_text("task.completed")
+                if name == "Overview":  # lines, not areas closed back to their first point
+                    lines = t.page.locator("figure.chart polyline")
+                    await expect(lines.first).to_be_attached()
+                    fills = await lines.evaluate_all("ls => ls.map(l => getComputedStyle(l).fill)")
+                    assert set(fills) == {"none"}, fills
                 shot = screenshots / f"{label}-{name.lower().replace(' ', '-')}.png"
                 await t.page.screenshot(path=str(shot), full_page=True)
             assert t.errors == [], t.errors
