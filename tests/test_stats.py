@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,16 +24,13 @@ BASE = dt.datetime(2026, 1, 5, 12, 0, tzinfo=dt.UTC)
 MS = dt.timedelta(milliseconds=1)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/stats.db"
-    return str(request.getfixturevalue("pg_url"))
+# conftest's `db_url`: a fresh SQLite file or a fresh PostgreSQL database per test.
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite", "postgres"], indirect=True)
 
 
 @pytest.fixture
-async def engine(url: str) -> AsyncIterator[AsyncEngine]:
-    engine = await open_database(url)
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = await open_database(db_url)
     yield engine
     await engine.dispose()
 
@@ -187,7 +183,7 @@ async def _index_includes(engine: AsyncEngine) -> list[str]:
 
 
 async def test_migration_6_makes_the_finished_at_index_covering(
-    engine: AsyncEngine, url: str
+    engine: AsyncEngine, db_url: str
 ) -> None:
     """A database of version 5 has the plain (app, finished_at) index: step 6 rebuilds it
     with INCLUDE on PostgreSQL (SQLite has no INCLUDE and keeps its index)."""
@@ -201,7 +197,7 @@ async def test_migration_6_makes_the_finished_at_index_covering(
         ))  # fmt: skip
         await conn.execute(text("DELETE FROM agentsched_schema WHERE version >= 6"))
     for _ in range(2):  # the second start finds it current
-        again = await open_database(url)
+        again = await open_database(db_url)
         try:
             async with again.connect() as conn:
                 versions = await conn.scalars(text("SELECT version FROM agentsched_schema"))
