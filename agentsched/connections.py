@@ -23,7 +23,9 @@ whenever the fast path does not apply:
   - `can_read_destructive` answers "no" at once when the parser has no buffered reply and
     the stream has no data, no EOF and no error, and otherwise runs redis-py's check;
   - a bounded pool (`BoundedPool`) hands out and takes back a free connection without
-    redis-py's Condition and timeout while no caller waits (13 µs -> 3 µs a command).
+    redis-py's Condition and timeout while no caller waits (13 µs -> 3 µs a command);
+  - the pools of plain URLs offer a `ScriptLine` (script_line.py) for the status
+    scripts' hot path, and close it with their connections.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ from redis.exceptions import (
     ResponseError,
     TimeoutError,
 )
+
+from agentsched.script_line import ScriptLine
 
 # A RESP bulk header of 5 digits or more: a value of 10,000 bytes or more (redis-py's
 # cutoff is 6,000; 6,000-9,999-byte values are copied once, which is harmless).
@@ -139,7 +143,28 @@ class FastUnixConnection(_Reconnecting, _FastPath, UnixDomainSocketConnection):
     pass
 
 
-class BoundedPool(BlockingConnectionPool):
+class LinedPool(ConnectionPool):
+    """A pool of plain TCP or unix socket connections, with its script line."""
+
+    _line: ScriptLine | None = None
+
+    def script_line(self) -> ScriptLine | None:
+        if (
+            self._line is None
+            and self.connection_class in (FastConnection, FastUnixConnection)
+            and ScriptLine.supports(self.connection_kwargs)
+        ):
+            self._line = ScriptLine(self.connection_kwargs, transient=is_transient)
+        return self._line
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        if self._line is not None:
+            self._line.close()
+            self._line = None
+        await super().disconnect(inuse_connections)
+
+
+class BoundedPool(LinedPool, BlockingConnectionPool):
     """redis-py's BlockingConnectionPool, without its lock while nobody waits.
 
     redis-py takes an asyncio.Condition and starts a timeout to hand out each connection,
@@ -398,7 +423,7 @@ def connection_pool(
         wait = None if retry_seconds is None else max(retry_seconds, 1.0)
         pool: ConnectionPool = BoundedPool.from_url(url, timeout=wait, **options)
     else:
-        pool = ConnectionPool.from_url(url, **options)
+        pool = LinedPool.from_url(url, **options)
     pool.connection_class = _FAST.get(pool.connection_class, pool.connection_class)
     return pool
 

@@ -235,14 +235,15 @@ def started_reply(reply: Any) -> tuple[str, int]:
 async def run_script(
     run: Callable[..., Awaitable[Any]], tracker: Tracker, command: tuple[Any, ...]
 ) -> Any:
-    """Run one of the tracker's EVALSHA commands with `run`; after a restart, EVAL it."""
+    """Run one of the tracker's EVALSHA commands (by its script line, else with `run`);
+    after a restart, EVAL it."""
     try:
-        return await run(*command)
+        return await tracker.send(run, *command)
     except NoScriptError:
         source = tracker.script_source(command[1])
         if source is None:
             raise
-        return await run("EVAL", source, *command[2:])
+        return await tracker.send(run, "EVAL", source, *command[2:])
 
 
 class RidingArqRedis(ArqRedis):

@@ -9,11 +9,14 @@ queue entry, so it is the only place that talks to arq's enqueue format.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from arq.constants import expires_extra_ms  # a job key lives one day past its due time
 from arq.jobs import serialize_job
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from agentsched.errors import ConfigError
 from agentsched.execution import Execution, from_redis, queued_record
@@ -56,6 +59,10 @@ class Tracker:
         self._outside = redis.register_script(lua.PRELUDE + lua.OUTSIDE)
         self._renew = redis.register_script(lua.RENEW)
         self._reconcile = redis.register_script(lua.PRELUDE + lua.RECONCILE)
+        # The hot path's scripts (enqueue, claim, finish, poll) go by the pool's script
+        # line when it has one (script_line.py); a client of the caller's own may not.
+        script_line = getattr(redis.connection_pool, "script_line", None)
+        self._line = script_line() if script_line is not None else None
 
     def _constants(self) -> str:
         k = self.keys
@@ -97,8 +104,23 @@ class Tracker:
         now = now_ms()
         for job in jobs:
             args += self._enqueue_args(*job, now)
-        reply = await self._enqueue(keys=keys, args=args)
+        reply = await self._call(self._enqueue, keys, args)
         return [_created(reply[i : i + 2]) for i in range(0, len(reply), 2)]
+
+    async def send(self, slow: Callable[..., Awaitable[Any]], *command: Any) -> Any:
+        """One raw script command by the script line, or by `slow` (redis-py)."""
+        if self._line is None:
+            return await slow(*command)
+        return await self._line.call(slow, *command)
+
+    async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        if self._line is None:
+            return await script(keys=keys, args=args)
+        try:
+            command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self._line.call(self.redis.execute_command, *command)
+        except NoScriptError:  # Redis lost its scripts: the Script loads it again
+            return await script(keys=keys, args=args)
 
     def _enqueue_args(
         self,
@@ -192,10 +214,7 @@ class Tracker:
     def script_source(self, sha: str) -> str | None:
         """The text of one of this tracker's scripts, to load it again (NOSCRIPT)."""
         scripts = (self._start, self._finish, self._claim_start, self._poll, self._finish_with)
-        for script in scripts:
-            if script.sha == sha:
-                return str(script.script)
-        return None
+        return next((str(s.script) for s in scripts if s.sha == sha), None)
 
     def start_command(self, execution_id: str, worker: str) -> tuple[Any, ...]:
         """The start script as a raw command, to ride in arq's fetch transaction."""
@@ -224,19 +243,9 @@ class Tracker:
             if status == "success"
             else ""
         )
-        keys = [self.keys.execution(execution_id)]
-        args = [
-            execution_id,
-            now_ms(),
-            status,
-            encoded,
-            error,
-            error_kind,
-            next_attempt,
-            worker,
-            defer_ms,
-        ]
-        return ("EVALSHA", self._finish.sha, len(keys), *keys, *args)
+        args = (execution_id, now_ms(), status, encoded, error, error_kind, next_attempt)
+        xkey = self.keys.execution(execution_id)
+        return ("EVALSHA", self._finish.sha, 1, xkey, *args, worker, defer_ms)
 
     async def run_command(self, command: tuple[Any, ...]) -> Any:
         """Run a command from `start_command`/`finish_command` on its own; the raw reply."""
