@@ -30,7 +30,7 @@ while i <= #ARGV do
   local existing = idem ~= '' and redis.call('GET', idem)
   if existing then
     table.insert(out, 0); table.insert(out, existing)
-  elseif redis.call('EXISTS', xkey) == 1 or redis.call('EXISTS', job) == 1 then
+  elseif redis.call('EXISTS', xkey, job) > 0 then
     table.insert(out, 0); table.insert(out, id)
   else
     redis.call('SET', job, payload, 'PX', job_ttl)
