@@ -36,13 +36,16 @@ RETRY_AFTER = 1.0  # s before a line that could not connect tries again
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, on_push: Callable[[Any], None] | None = None) -> None:
         self.reader = hiredis.Reader(
             protocolError=InvalidResponse, replyError=BaseParser.parse_error
         )
         self.pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        # A subscribed connection: what no call waits for is a message, handed on here.
+        self.on_push = on_push
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -59,6 +62,9 @@ class _Protocol(asyncio.Protocol):
                 return
             if reply is False:
                 return
+            if not self.pending and self.on_push is not None:
+                self.on_push(reply)
+                continue
             future = self.pending.popleft()
             if not future.done():  # its caller was cancelled: the reply is dropped
                 future.set_result(reply)
@@ -66,6 +72,8 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._fail(ConnectionError(f"Connection lost: {exc or 'closed by the server'}"))
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def _fail(self, error: Exception) -> None:
         while self.pending:
@@ -174,14 +182,47 @@ class ScriptLine:
                 self._connecting = None
         return self._protocol
 
-    async def _connect(self) -> _Protocol:
+    async def listen(
+        self, channel: str, on_message: Callable[[Any], None], *, subscribed: Callable[[], None]
+    ) -> None:
+        """Subscribe to `channel` on a connection of its own, call `subscribed()` once
+        that holds, then `on_message(data)` for each message as it is parsed, until the
+        connection is lost (then return) or the caller is cancelled. Raises what
+        connecting or subscribing raised."""
+
+        def push(reply: Any) -> None:
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                on_message(reply[2])
+
+        protocol = await self._connect(push)
+        try:
+            await self._request(protocol, ("SUBSCRIBE", channel))
+            subscribed()
+            await protocol.closed
+        finally:
+            if protocol.transport is not None:
+                protocol.transport.close()
+
+    async def _request(self, protocol: _Protocol, command: tuple[Any, ...]) -> Any:
+        assert protocol.transport is not None
+        future = asyncio.get_running_loop().create_future()
+        protocol.pending.append(future)
+        protocol.transport.write(hiredis.pack_command(command))
+        reply = await future
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def _connect(self, on_push: Callable[[Any], None] | None = None) -> _Protocol:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_timeout):
             if self._path is not None:
-                transport, protocol = await loop.create_unix_connection(_Protocol, self._path)
+                transport, protocol = await loop.create_unix_connection(
+                    lambda: _Protocol(on_push), self._path
+                )
             else:
                 transport, protocol = await loop.create_connection(
-                    _Protocol, self._host, self._port
+                    lambda: _Protocol(on_push), self._host, self._port
                 )
                 sock = transport.get_extra_info("socket")
                 if sock is not None:  # the same kernel-side give-up as redis-py's sockets
@@ -190,12 +231,7 @@ class ScriptLine:
                         sock.setsockopt(socket.IPPROTO_TCP, option, value)
             try:
                 for command in self._handshake:
-                    future = loop.create_future()
-                    protocol.pending.append(future)
-                    transport.write(hiredis.pack_command(command))
-                    reply = await future
-                    if isinstance(reply, ResponseError):
-                        raise reply
+                    await self._request(protocol, command)
             except BaseException:
                 transport.close()
                 raise

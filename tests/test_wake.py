@@ -14,9 +14,12 @@ from typing import Any
 from arq.worker import create_worker
 
 from agentsched import TaskQueue
+from agentsched.connections import redis_client
+from agentsched.jobs.wake import Waker
 from agentsched.settings import Settings
 from agentsched.status import TaskStatus
 from agentsched.worker import build_worker_settings
+from tests.redis_servers import PrivateRedis
 
 SLOW_POLL = 20.0  # seconds: far longer than any wait below
 
@@ -121,3 +124,35 @@ async def test_a_worker_with_a_long_job_running_does_not_spin(
         assert polls - before <= 12, f"{polls - before} polls in 2 s while one job ran"
         gate.write_text("go")
         await wait_status(queue, long.id, TaskStatus.SUCCESS, 10)
+
+
+async def test_a_waker_on_a_script_line_subscribes_again_after_losing_its_connection(
+    tmp_path: Path,
+) -> None:
+    server = PrivateRedis(tmp_path / "redis").start()
+    client = redis_client(server.url)
+    waker = Waker()
+    job_id = "0" * 36
+
+    async def published(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while waker.published < count:
+            assert time.monotonic() < deadline, f"{waker.published} wake-ups, not {count}"
+            await asyncio.sleep(0.01)
+
+    try:
+        assert client.connection_pool.script_line() is not None  # type: ignore[attr-defined]
+        waker.start(client, "wake")
+        await published(1)  # its own wake-up once subscribed
+        await client.publish("wake", job_id)
+        await published(2)
+        assert waker.take_hints() == [job_id.encode()]
+        await client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await published(3)  # subscribed again: anything published meanwhile is looked at
+        await client.publish("wake", "jobs")
+        await published(4)
+        assert waker.take_hints() == []  # "jobs" names no job
+    finally:
+        await waker.stop()
+        await client.aclose()
+        server.kill()
