@@ -15,6 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "agentsched"
 LAYERS: list[set[str]] = [
     {"errors", "settings", "status", "keys", "serialization", "connections", "registry"}
+    | {"script_line"}
     | {"execution"},
     {"observability"},
     {"db", "events"},
