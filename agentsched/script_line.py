@@ -56,6 +56,7 @@ class _Protocol(asyncio.Protocol):
             try:
                 reply = self.reader.gets()
             except InvalidResponse as exc:  # the stream is out of step: drop it
+                self.lost = True
                 self._fail(ConnectionError(f"Protocol error: {exc}"))
                 if self.transport is not None:
                     self.transport.abort()
@@ -149,8 +150,11 @@ class ScriptLine:
     ) -> Any:
         assert protocol.transport is not None and self._loop is not None
         future = self._loop.create_future()
+        try:
+            protocol.transport.write(packed)
+        except (RuntimeError, OSError):  # closed under us: its loss is on the way
+            return await slow(*command)
         protocol.pending.append(future)
-        protocol.transport.write(packed)
         try:
             return await future
         except ConnectionError:
