@@ -164,6 +164,12 @@ class LinedPool(ConnectionPool):
         await super().disconnect(inuse_connections)
 
 
+def script_line_of(client: Redis) -> ScriptLine | None:
+    """The script line of `client`'s pool, or None (a pool without one, e.g. a caller's own)."""
+    script_line = getattr(client.connection_pool, "script_line", None)
+    return script_line() if script_line is not None else None
+
+
 class BoundedPool(LinedPool, BlockingConnectionPool):
     """redis-py's BlockingConnectionPool, without its lock while nobody waits.
 

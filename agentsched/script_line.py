@@ -2,8 +2,8 @@
 
 An enqueue, a claim and a finish are each one EVALSHA. Through redis-py's asyncio
 client each call took a connection from the pool, ran its retry wrapper, parsed
-through a StreamReader and gave the connection back: about 60 µs of CPU on top of the
-round trip, more than the Lua itself. A `ScriptLine` is one connection that every
+through a StreamReader and gave the connection back: about 35 µs of CPU on top of the
+round trip. A `ScriptLine` is one connection that every
 coroutine of the process shares: a call writes its packed command to the transport and
 waits for a future; the protocol parses replies with hiredis as they arrive and hands
 them out in order. Calls that overlap (a worker's concurrent finishes, an API's

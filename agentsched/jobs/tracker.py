@@ -18,6 +18,7 @@ from arq.jobs import serialize_job
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from agentsched.connections import script_line_of
 from agentsched.errors import ConfigError
 from agentsched.execution import Execution, from_redis, queued_record
 from agentsched.jobs import status_scripts as lua
@@ -60,9 +61,8 @@ class Tracker:
         self._renew = redis.register_script(lua.RENEW)
         self._reconcile = redis.register_script(lua.PRELUDE + lua.RECONCILE)
         # The hot path's scripts (enqueue, claim, finish, poll) go by the pool's script
-        # line when it has one (script_line.py); a client of the caller's own may not.
-        script_line = getattr(redis.connection_pool, "script_line", None)
-        self._line = script_line() if script_line is not None else None
+        # line when it has one (script_line.py).
+        self._line = script_line_of(redis)
 
     def _constants(self) -> str:
         k = self.keys
@@ -114,11 +114,9 @@ class Tracker:
         return await self._line.call(slow, *command)
 
     async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        if self._line is None:
-            return await script(keys=keys, args=args)
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-            return await self._line.call(self.redis.execute_command, *command)
+            return await self.send(self.redis.execute_command, *command)
         except NoScriptError:  # Redis lost its scripts: the Script loads it again
             return await script(keys=keys, args=args)
 

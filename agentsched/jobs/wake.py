@@ -22,7 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from agentsched.connections import BACKOFF_CAP
+from agentsched.connections import BACKOFF_CAP, script_line_of
 from agentsched.script_line import ScriptLine
 
 log = logging.getLogger("agentsched.worker")
@@ -89,8 +89,7 @@ class Waker:
         self.poke(data if isinstance(data, bytes) and len(data) == 36 else None)
 
     async def _listen(self, redis: aioredis.Redis, channel: str) -> None:
-        script_line = getattr(redis.connection_pool, "script_line", None)
-        line = script_line() if script_line is not None else None
+        line = script_line_of(redis)
         if line is not None:
             await self._listen_on_line(line, channel)
             return
