@@ -63,6 +63,16 @@ class Keys:
         return f"{self.prefix}wake:{self.app}"
 
     @property
+    def idle(self) -> str:
+        """Sorted set: `<worker id>|<lease ms>` of an idle worker -> until when (ms) the
+        enqueue script may hand it a job (see status_scripts.ENQUEUE)."""
+        return f"{self.prefix}idle:{self.app}"
+
+    def handoff(self, worker_id: str) -> str:
+        """Pub/sub channel of one worker: the jobs an enqueue claimed for it."""
+        return f"{self.prefix}wake:{self.app}:{worker_id}"
+
+    @property
     def abort(self) -> str:
         return abort_jobs_ss
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import hiredis
@@ -187,20 +187,25 @@ class ScriptLine:
         return self._protocol
 
     async def listen(
-        self, channel: str, on_message: Callable[[Any], None], *, subscribed: Callable[[], None]
+        self, channels: Mapping[str, Callable[[Any], None]], *, subscribed: Callable[[], None]
     ) -> None:
-        """Subscribe to `channel` on a connection of its own, call `subscribed()` once
-        that holds, then `on_message(data)` for each message as it is parsed, until the
-        connection is lost (then return) or the caller is cancelled. Raises what
-        connecting or subscribing raised."""
+        """Subscribe to `channels` (name -> its message handler) on a connection of its
+        own, call `subscribed()` once that holds, then each channel's handler with each
+        message's data as it is parsed, until the connection is lost (then return) or
+        the caller is cancelled. Raises what connecting or subscribing raised."""
+        handlers = {name.encode(): handler for name, handler in channels.items()}
 
         def push(reply: Any) -> None:
             if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-                on_message(reply[2])
+                handler = handlers.get(reply[1])
+                if handler is not None:
+                    handler(reply[2])
 
         protocol = await self._connect(push)
         try:
-            await self._request(protocol, ("SUBSCRIBE", channel))
+            # One command: Redis writes every confirmation before any message, so the
+            # first answers this request and the rest pass as pushes.
+            await self._request(protocol, ("SUBSCRIBE", *channels))
             subscribed()
             await protocol.closed
         finally:

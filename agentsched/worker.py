@@ -97,10 +97,13 @@ class JobRunner:
         self.tracker = self.runtime.tracker()
         await self.tracker.load_scripts()
         await warn_if_redis_can_lose_jobs(self.tracker.redis)
-        self.waker.start(self.tracker.redis, self.tracker.keys.wake)
+        keys = self.tracker.keys
+        self.waker.start(self.tracker.redis, keys.wake, keys.handoff(self.worker_id))
         self.rides.waker = self.waker
         self.rides.tracker = self.tracker
         self.rides.worker = self.worker_id
+        self.rides.idle_as = f"{self.worker_id}|{int(self.settings.lease_seconds * 1000)}"
+        self.rides.may_idle = self.leases.may_idle
         self.leases.attach(self.runtime, self.tracker)
         self.rides.orphaned = self.leases.orphaned
         self.rides.finished = self.leases.remember
@@ -168,6 +171,7 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(SHUTDOWN_STEP):
                     await self.tracker.redis.zrem(self.tracker.keys.workers, self.worker_id)
+                    await self.tracker.redis.zrem(self.tracker.keys.idle, self.rides.idle_as)
         if self._recorder is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(SHUTDOWN_STEP):
@@ -282,13 +286,8 @@ class JobRunner:
             delay = definition.backoff(attempt)
             log.info(
                 "%s %s attempt %d failed (%s), retrying in %.1fs: %s",
-                definition.name,
-                job_id,
-                attempt,
-                kind.value,
-                delay,
-                error.splitlines()[0],
-            )
+                definition.name, job_id, attempt, kind.value, delay, error.splitlines()[0],
+            )  # fmt: skip
             self.rides.finishes[job_id] = self.tracker.finish_command(
                 job_id,
                 "queued",
@@ -304,12 +303,8 @@ class JobRunner:
             raise Retry(defer=delay)
         log.warning(
             "%s %s failed (%s) after %d attempt(s): %s",
-            definition.name,
-            job_id,
-            kind.value,
-            attempt,
-            error.splitlines()[0],
-        )
+            definition.name, job_id, kind.value, attempt, error.splitlines()[0],
+        )  # fmt: skip
         self.rides.finishes[job_id] = self.tracker.finish_command(
             job_id, "failed", error=error, error_kind=kind.value, worker=self.worker_id
         )

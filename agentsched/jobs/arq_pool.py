@@ -16,7 +16,10 @@ agentsched's commit together, in one round trip.
 arq polls its queue every `poll_delay`; the pool's `zrangebyscore` of the queue waits
 instead while nothing is due (`wake.py`): until a wake-up, the earliest deferred job,
 or `idle_poll` seconds. With every slot busy arq skips the poll, so its abort check
-waits likewise, until a job ends or a cancel comes. Only this module knows the shape
+waits likewise, until a job ends or a cancel comes. A poll that finds nothing while no
+job of this worker runs registers it as idle, and the next enqueue claims its job for
+this worker (the handoff, status_scripts.ENQUEUE): arq's claim of a handed job is
+answered from the message, with no round trip. Only this module knows the shape
 of arq's transactions (arq 0.26-0.28; a new shape of the fetch stops the first job
 with a RuntimeError, so every test that runs a job fails); anything else it does not
 recognise runs unchanged, and the runner falls back to sending its scripts.
@@ -69,6 +72,10 @@ class StatusRides:
         self.waker: Waker | None = None
         # ms this worker still holds off recovering expired leases after an outage.
         self.holding_ms: Callable[[], int] | None = None
+        # `<worker id>|<lease ms>`: how this worker registers as idle for the enqueue's
+        # handoff, while `may_idle()` (nothing running, a slot to spare, no outage hold).
+        self.idle_as = ""
+        self.may_idle: Callable[[], bool] | None = None
 
     def extra_for(
         self, stack: Sequence[tuple[tuple[Any, ...], Mapping[str, Any]]]
@@ -130,11 +137,17 @@ class RidingPipeline(Pipeline):
         if tracker is None:  # not started yet: nothing may run
             self._claimed = (1, None, False)
             return 1
-        hold = self.rides.holding_ms() if self.rides.holding_ms is not None else 0
-        command = tracker.claim_start_command(
-            job_id, self.rides.worker, self.rides.in_progress_ms, hold
-        )
-        reply = await run_script(self.immediate_execute_command, tracker, command)
+        waker = self.rides.waker
+        # A job an enqueue already claimed for this worker (the handoff), if it is fresh:
+        # well inside the lease the handoff took, which this worker renews from its start.
+        fresh = self.rides.in_progress_ms * 3 / 8000  # half a lease, in s
+        reply = waker.take_handed(job_id.encode(), fresh) if waker is not None else None
+        if reply is None:
+            hold = self.rides.holding_ms() if self.rides.holding_ms is not None else 0
+            command = tracker.claim_start_command(
+                job_id, self.rides.worker, self.rides.in_progress_ms, hold, self.rides.idle_as
+            )
+            reply = await run_script(self.immediate_execute_command, tracker, command)
         exists, score = int(reply[0]), (float(reply[1]) if reply[1] else None)
         claimed = len(reply) > 2
         if claimed:
@@ -290,28 +303,65 @@ class RidingArqRedis(ArqRedis):
             return await super().zrangebyscore(name, min, max, start, num, **options)
         self._polls += 1
         self._polled = True
+        if waker is not None and waker.handed:
+            return list(waker.handed)  # claimed for this worker already: start them now
         since = waker.mark() if waker is not None else (0, 0)
-        ids, earliest = await self._poll(tracker, start, num or 100)
+        idle = self._may_wait() and self._may_idle()
+        ids, earliest = await self._poll(tracker, start, num or 100, idle)
         if ids or waker is None or not self._may_wait():
             return ids
         wait = self.idle_poll  # (`min` and `max` are arq's arguments here)
         if earliest is not None and earliest / 1000 - time.time() < wait:
             wait = earliest / 1000 - time.time()
         waker.take_hints()  # older than this poll, which found nothing due
-        if wait > 0 and not await waker.wait(since, wait):
+        if wait > 0 and not await self._wait(waker, tracker, since, wait, idle, start):
             return ids  # nothing came: arq's loop goes round (abort check, heartbeat)
         # The wake-up named its jobs: claim those (the claim checks each is due) and
         # leave the rest of the queue to the next poll, a moment later.
         hints = waker.take_hints()
+        if waker.handed:  # handed jobs first: a slot waits for each
+            hints = [*waker.handed, *(h for h in hints if h not in waker.handed)]
         if hints:
             return hints
         ids, _ = await self._poll(tracker, start, num or 100)
         return ids
 
+    async def _wait(
+        self, waker: Waker, tracker: Tracker, since: tuple[int, int], wait: float,
+        idle: bool, start: int,
+    ) -> bool:  # fmt: skip
+        """Wait up to `wait` s for a wake-up after `since`; True if one came. A worker
+        that could not register as idle (a job of its own still ran) registers once the
+        last of its jobs ends, so the next enqueue hands it the job."""
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not await waker.wait(since, left, freed=not idle):
+                return False
+            if waker.published != since[0]:
+                return True
+            since = waker.mark()  # a job of this worker ended
+            if self._may_idle():
+                idle = True
+                ids, _ = await self._poll(tracker, start, 1, idle=True)
+                if ids:  # queued meanwhile: the woken path claims it
+                    waker.poke(ids[0])
+                    return True
+
+    def _may_idle(self) -> bool:
+        waker, may_idle = self.rides.waker, self.rides.may_idle
+        return bool(
+            waker is not None and waker.handoff_ready and may_idle is not None and may_idle()
+        )
+
     async def _poll(
-        self, tracker: Tracker, start: int, count: int
+        self, tracker: Tracker, start: int, count: int, idle: bool = False
     ) -> tuple[list[Any], float | None]:
-        command = tracker.poll_command(int(time.time() * 1000), start, count)
+        now = int(time.time() * 1000)
+        # Registered as idle a second past the longest wait that may follow.
+        until = now + int(self.idle_poll * 1000) + 1000 if idle else 0
+        idle_as = self.rides.idle_as if idle else ""
+        command = tracker.poll_command(now, start, count, idle_as, until)
         ids, earliest = await run_script(self.execute_command, tracker, command)
         return list(ids), float(earliest) if earliest else None
 

@@ -14,13 +14,37 @@ PRELUDE = resources.files("agentsched.jobs").joinpath("status_scripts.lua").read
 
 # Enqueue one or many jobs in one call. The first snapshot (seq 1) and the `task.queued`
 # event are encoded by the caller (it knows every field), so the script only writes.
-# KEYS: queue, records, events, wake channel. ARGV: maxlen, keep, x-key prefix, then per
-# job: field count, id, arq payload, score, job ttl, idempotency key or '', snapshot
+# KEYS: queue, records, events, wake channel. ARGV: maxlen, keep, x-key prefix, now, then
+# per job: field count, id, arq payload, score, job ttl, idempotency key or '', snapshot
 # JSON, event JSON, and that many hash fields. Returns {created, id} per job.
-ENQUEUE = """
+# A job due now goes straight to an idle worker when one waits (the handoff: see
+# arq_pool.py): claimed and started here for that worker, exactly as its own claim
+# would, and published on its own channel with what the claim answers, so it starts
+# without a round trip. `handed` marks the record until the worker renews the lease:
+# if the worker never got it (it died while idle, the message was lost), the reaper
+# queues it again without counting an attempt.
+_ENQUEUE = """
 local queue, records, events, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local maxlen, keep, xprefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local out, woke, i = {}, false, 4
+local maxlen, keep, xprefix, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local function hand_off(id, xkey, payload, score)
+  local member = redis.call('ZRANGEBYSCORE', C.idle, now, '+inf', 'LIMIT', 0, 1)[1]
+  if not member then return false end
+  redis.call('ZREM', C.idle, member)
+  local worker, lease_ms = string.match(member, '^(.*)|(%d+)$')
+  if not worker then return false end
+  redis.call('PSETEX', 'arq:in-progress:' .. id, math.floor(tonumber(lease_ms) * 4 / 3), '1')
+  local try = redis.call('INCR', 'arq:retry:' .. id)
+  redis.call('EXPIRE', 'arq:retry:' .. id, 88400)
+  redis.call('HSET', xkey, 'handed', '1')
+  C.lease_ms = lease_ms
+  local started = start_job({xkey}, {id, now, worker, ''})
+  local status, attempt = started, 0
+  if type(started) == 'table' then status, attempt = started[1], started[2] end
+  redis.call('PUBLISH', wake .. ':' .. worker,
+    table.concat({id, score, try, status, attempt, payload}, '\\n'))
+  return true
+end
+local out, woke, i = {}, false, 5
 while i <= #ARGV do
   local nfields, id, payload, score, job_ttl, idem, snapshot, event =
     tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]),
@@ -41,7 +65,9 @@ while i <= #ARGV do
     redis.call('XADD', records, '*', 'i', id, 'q', '1', 's', snapshot)
     redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'data', event)
     table.insert(out, 1); table.insert(out, id)
-    woke = true
+    if tonumber(score) > tonumber(now) or not hand_off(id, xkey, payload, score) then
+      woke = true
+    end
   end
 end
 -- Wakes idle workers; one id names the job for a single enqueue.
@@ -77,6 +103,11 @@ elseif status == 'running' then
     return 'elsewhere'
   end
   redis.call('SREM', running, id)
+  if redis.call('HGET', xkey, 'handed') == '1' then
+    -- Handed to a worker that never took it up (see ENQUEUE): that was no attempt.
+    redis.call('HDEL', xkey, 'handed')
+    attempt = tostring(tonumber(attempt) - 1)
+  end
   local tries = tonumber(redis.call('HGET', xkey, 'max_tries') or '1')
   if tonumber(attempt) >= tries and redis.call('HGET', xkey, 'cancel_requested') ~= '1' then
     redis.call('HSET', xkey, 'status', 'failed', 'finished_at', now, 'error_kind',
@@ -113,6 +144,8 @@ _CLAIM = """
 local inprog, queue, xkey, job, retry, abort = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
   KEYS[6]
 local id, now, ttl, worker, hold = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5] or '0')
+-- A worker that claims is no longer idle: no enqueue hands it a job from here on.
+if ARGV[6] and ARGV[6] ~= '' then redis.call('ZREM', C.idle, ARGV[6]) end
 local exists = redis.call('EXISTS', inprog)
 local score = redis.call('ZSCORE', queue, id)
 if exists == 1 or not score or tonumber(score) > tonumber(now) then
@@ -132,12 +165,15 @@ if type(started) == 'table' then status, attempt = started[1], started[2] end
 return {0, score, payload, try, aborted, status, attempt}
 """
 CLAIM_START = f"local function start_job(KEYS, ARGV)\n{START}\nend\n{_CLAIM}"
+ENQUEUE = f"local function start_job(KEYS, ARGV)\n{START}\nend\n{_ENQUEUE}"
 
 # arq's poll of its queue (ZRANGEBYSCORE), answering only jobs that can be claimed: arq
 # keeps a running job in its queue until it ends, and a poll that returned those made an
 # idle-looking worker spin on claims that fail. Up to ARGV[3] due ids without a claim
 # (of the first 1,000 due), and when there are none the score of the earliest job not
-# yet due: {ids, ''} or {{}, earliest score or ''}.
+# yet due: {ids, ''} or {{}, earliest score or ''}. With ARGV[4] (`<worker>|<lease ms>`)
+# a poll that finds nothing registers the worker as idle until ARGV[5] (ms) in the idle
+# set, KEYS[2], for the enqueue script's handoff.
 POLL = """
 local now, offset, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', offset, 1000)
@@ -149,6 +185,10 @@ for _, id in ipairs(due) do
   end
 end
 if #ids > 0 then return {ids, ''} end
+if ARGV[4] and ARGV[4] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)  -- stopped waiting long ago
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+end
 local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 return {ids, first[2] or ''}
 """
@@ -242,6 +282,11 @@ for _, id in ipairs(redis.call('SMEMBERS', running)) do
     if status and not TERMINAL[status] then
       local attempt = tonumber(redis.call('HGET', xkey, 'attempt') or '1')
       local max_tries = tonumber(redis.call('HGET', xkey, 'max_tries') or '1')
+      if redis.call('HGET', xkey, 'handed') == '1' then
+        -- Handed to a worker that never took it up (see ENQUEUE): that was no attempt.
+        redis.call('HDEL', xkey, 'handed')
+        attempt = attempt - 1
+      end
       -- A job arq already removed cannot run again: requeueing it would leave it queued
       -- forever.
       local gone = redis.call('EXISTS', 'arq:job:' .. id) == 0
@@ -326,6 +371,7 @@ for i = 6, #ARGV do
   local owner = redis.call('GET', lease)
   if owner == worker then
     redis.call('PEXPIRE', lease, lease_ms)
+    redis.call('HDEL', xprefix .. id, 'handed')  -- a handed job: its worker took it up
     redis.call('PEXPIRE', 'arq:in-progress:' .. id, math.floor(tonumber(lease_ms) * 4 / 3))
   elseif not owner and (redis.call('EXISTS', xprefix .. id) == 0
       or (redis.call('HGET', xprefix .. id, 'status') == 'running'

@@ -47,8 +47,8 @@ class Tracker:
         self._maxlen = str(settings.event_maxlen)
         self._keep_ms = str(int(settings.keep_result * 1000))
         self._lease_ms = str(int(settings.lease_seconds * 1000))
-        self._enqueue = redis.register_script(lua.ENQUEUE)
         consts = self._constants()
+        self._enqueue = redis.register_script(lua.PRELUDE + consts + lua.ENQUEUE)
         self._start = redis.register_script(lua.PRELUDE + consts + lua.START)
         self._claim_start = redis.register_script(lua.PRELUDE + consts + lua.CLAIM_START)
         self._finish_with = redis.register_script(lua.PRELUDE + consts + lua.FINISH_WITH)
@@ -72,6 +72,7 @@ class Tracker:
             "running": k.running,
             "lease_prefix": k.lease_prefix(),
             "settling": k.settling,
+            "idle": k.idle,
             "maxlen": self._maxlen,
             "keep": self._keep_ms,
             "lease_ms": self._lease_ms,
@@ -100,8 +101,8 @@ class Tracker:
         of the enqueue script, one round trip."""
         k = self.keys
         keys = [k.queue, k.records, k.events, k.wake]
-        args: list[Any] = [self._maxlen, self._keep_ms, k.exec_prefix()]
         now = now_ms()
+        args: list[Any] = [self._maxlen, self._keep_ms, k.exec_prefix(), now]
         for job in jobs:
             args += self._enqueue_args(*job, now)
         reply = await self._call(self._enqueue, keys, args)
@@ -177,12 +178,12 @@ class Tracker:
         return result
 
     def claim_start_command(
-        self, execution_id: str, worker: str, in_progress_ms: int, hold_ms: int = 0
-    ) -> tuple[Any, ...]:
+        self, execution_id: str, worker: str, in_progress_ms: int, hold_ms: int = 0,
+        idle_as: str = "",
+    ) -> tuple[Any, ...]:  # fmt: skip
         """arq's claim and fetch of a job with the start script, as one raw command.
-
-        `hold_ms` > 0 (this worker saw Redis come back lately): the script first makes
-        sure every worker holds off recovering expired leases that long."""
+        `hold_ms` > 0 (Redis came back lately): every worker first holds off recovering
+        expired leases that long. The claim ends `idle_as` (see `poll_command`)."""
         k = self.keys
         keys = (
             k.in_progress(execution_id),
@@ -192,12 +193,17 @@ class Tracker:
             k.retry(execution_id),
             k.abort,
         )
-        args = (execution_id, now_ms(), in_progress_ms, worker, hold_ms)
+        args = (execution_id, now_ms(), in_progress_ms, worker, hold_ms, idle_as)
         return ("EVALSHA", self._claim_start.sha, len(keys), *keys, *args)
 
-    def poll_command(self, due_ms: int, offset: int, count: int) -> tuple[Any, ...]:
-        """arq's poll of the queue, answering also when the earliest job is due."""
-        return ("EVALSHA", self._poll.sha, 1, self.keys.queue, due_ms, offset, count)
+    def poll_command(
+        self, due_ms: int, offset: int, count: int, idle_as: str = "", idle_until: int = 0
+    ) -> tuple[Any, ...]:
+        """arq's poll of the queue, answering also when the earliest job is due; with
+        `idle_as` (`<worker id>|<lease ms>`) an empty poll registers the worker as idle
+        until `idle_until` (ms), to be handed the next job enqueued."""
+        args = (due_ms, offset, count, idle_as, idle_until)
+        return ("EVALSHA", self._poll.sha, 2, self.keys.queue, self.keys.idle, *args)
 
     def finish_with_command(
         self, finish: tuple[Any, ...], commands: list[tuple[Any, ...]]

@@ -11,6 +11,10 @@ falls due.
 
 Pub/sub delivers to whoever listens at that moment, so after (re)subscribing the waker
 counts one wake-up of its own: anything published while it was away is looked at.
+
+A worker waiting on its script line also listens on a channel of its own, where an
+enqueue that found it idle sends the job it claimed for it (the handoff: see
+status_scripts.ENQUEUE); `handed` keeps those for arq's claim, which then costs nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,6 +46,10 @@ class Waker:
         self.hints: list[bytes] = []
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Job id -> (when it came, the claim's reply): jobs an enqueue claimed for this
+        # worker. `handoff_ready` while the worker's own channel is subscribed.
+        self.handed: dict[bytes, tuple[float, list[Any]]] = {}
+        self.handoff_ready = False
 
     def mark(self) -> tuple[int, int]:
         """Where things stand now: pass it to `wait` after looking at the queue."""
@@ -55,6 +64,18 @@ class Waker:
     def take_hints(self) -> list[bytes]:
         hints, self.hints = self.hints, []
         return list(dict.fromkeys(hints))
+
+    def take_handed(self, job_id: bytes, max_age: float) -> list[Any] | None:
+        """The claim's reply of a job handed to this worker, if it came within `max_age` s
+        (a later one may have been recovered by the reaper meanwhile: claim it as usual)."""
+        came, reply = self.handed.pop(job_id, (0.0, None))
+        return reply if time.monotonic() - came <= max_age else None
+
+    def _handoff(self, data: Any) -> None:
+        # id, score, arq's try, start status, attempt, payload (ENQUEUE's hand_off).
+        job_id, score, tries, status, attempt, payload = bytes(data).split(b"\n", 5)
+        self.handed[job_id] = (time.monotonic(), [0, score, payload, tries, 0, status, attempt])
+        self.poke(job_id)
 
     def slot_freed(self, _: Any = None) -> None:
         self.freed += 1
@@ -75,8 +96,11 @@ class Waker:
                 async with asyncio.timeout(left):
                     await self._changed.wait()
 
-    def start(self, redis: aioredis.Redis, channel: str) -> None:
-        self._task = asyncio.create_task(self._listen(redis, channel), name="agentsched-wake")
+    def start(self, redis: aioredis.Redis, channel: str, handoff: str = "") -> None:
+        """Listen on the app's wake channel (and the worker's own `handoff` channel)."""
+        self._task = asyncio.create_task(
+            self._listen(redis, channel, handoff), name="agentsched-wake"
+        )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -88,10 +112,10 @@ class Waker:
         # Ids are uuids (36 bytes); anything else just says "look".
         self.poke(data if isinstance(data, bytes) and len(data) == 36 else None)
 
-    async def _listen(self, redis: aioredis.Redis, channel: str) -> None:
+    async def _listen(self, redis: aioredis.Redis, channel: str, handoff: str) -> None:
         line = script_line_of(redis)
         if line is not None:
-            await self._listen_on_line(line, channel)
+            await self._listen_on_line(line, channel, handoff)
             return
         # The connection retries through outages by itself (connections.py) and says so
         # once; a reply it cannot retry ends one subscription, and the next starts over.
@@ -112,19 +136,27 @@ class Waker:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    async def _listen_on_line(self, line: ScriptLine, channel: str) -> None:
+    async def _listen_on_line(self, line: ScriptLine, channel: str, handoff: str) -> None:
         # A plain connection's messages are parsed as they arrive, without redis-py's
         # PubSub between the socket and the poke: a third of an idle worker's pickup.
         # A lost connection is subscribed again at once, then with a growing pause (up
         # to BACKOFF_CAP s) while Redis stays away.
+        channels = {channel: self._message} | ({handoff: self._handoff} if handoff else {})
+
+        def subscribed() -> None:
+            self.handoff_ready = bool(handoff)
+            self.poke()
+
         failures = 0
         while True:
             try:
-                await line.listen(channel, self._message, subscribed=self.poke)
+                await line.listen(channels, subscribed=subscribed)
                 failures = 0  # it was subscribed until the connection was lost
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failures += 1
                 log.debug("wake channel %s: %s; subscribing again", channel, exc)
+            finally:
+                self.handoff_ready = False
             await asyncio.sleep(min(BACKOFF_CAP, 0.05 * 2**failures))
