@@ -14,7 +14,8 @@ PRELUDE = resources.files("agentsched.jobs").joinpath("status_scripts.lua").read
 
 # Enqueue one or many jobs in one call. The first snapshot (seq 1) and the `task.queued`
 # event are encoded by the caller (it knows every field), so the script only writes.
-# KEYS: queue, records, events, wake channel. ARGV: maxlen, keep, x-key prefix, now, then
+# KEYS: queue, records, events, wake channel, idle set. ARGV: maxlen, keep, x-key prefix,
+# now, then
 # per job: field count, id, arq payload, score, job ttl, idempotency key or '', snapshot
 # JSON, event JSON, and that many hash fields. Returns {created, id} per job.
 # A job due now goes straight to an idle worker when one waits (the handoff: see
@@ -24,18 +25,19 @@ PRELUDE = resources.files("agentsched.jobs").joinpath("status_scripts.lua").read
 # if the worker never got it (it died while idle, the message was lost), the reaper
 # queues it again without counting an attempt.
 _ENQUEUE = """
-local queue, records, events, wake = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local queue, records, events, wake, idle = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local maxlen, keep, xprefix, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local function hand_off(id, xkey, payload, score)
-  local member = redis.call('ZRANGEBYSCORE', C.idle, now, '+inf', 'LIMIT', 0, 1)[1]
+  local member = redis.call('ZRANGEBYSCORE', idle, now, '+inf', 'LIMIT', 0, 1)[1]
   if not member then return false end
-  redis.call('ZREM', C.idle, member)
+  redis.call('ZREM', idle, member)
   local worker, lease_ms = string.match(member, '^(.*)|(%d+)$')
   if not worker then return false end
   redis.call('PSETEX', 'arq:in-progress:' .. id, math.floor(tonumber(lease_ms) * 4 / 3), '1')
   local try = redis.call('INCR', 'arq:retry:' .. id)
   redis.call('EXPIRE', 'arq:retry:' .. id, 88400)
   redis.call('HSET', xkey, 'handed', '1')
+  local start_job, C = starter()  -- built only for a handoff: an enqueue runs no prelude
   C.lease_ms = lease_ms
   local started = start_job({xkey}, {id, now, worker, ''})
   local status, attempt = started, 0
@@ -165,7 +167,14 @@ if type(started) == 'table' then status, attempt = started[1], started[2] end
 return {0, score, payload, try, aborted, status, attempt}
 """
 CLAIM_START = f"local function start_job(KEYS, ARGV)\n{START}\nend\n{_CLAIM}"
-ENQUEUE = f"local function start_job(KEYS, ARGV)\n{START}\nend\n{_ENQUEUE}"
+
+
+def enqueue_script(prelude: str) -> str:
+    """The enqueue script, with `prelude` (PRELUDE and an app's constants `C`) and the
+    start script inside `starter()`, which only a handoff calls."""
+    start = f"local function start_job(KEYS, ARGV)\n{START}\nend\nreturn start_job, C\n"
+    return f"local function starter()\n{prelude}{start}end\n{_ENQUEUE}"
+
 
 # arq's poll of its queue (ZRANGEBYSCORE), answering only jobs that can be claimed: arq
 # keeps a running job in its queue until it ends, and a poll that returned those made an

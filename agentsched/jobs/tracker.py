@@ -48,7 +48,7 @@ class Tracker:
         self._keep_ms = str(int(settings.keep_result * 1000))
         self._lease_ms = str(int(settings.lease_seconds * 1000))
         consts = self._constants()
-        self._enqueue = redis.register_script(lua.PRELUDE + consts + lua.ENQUEUE)
+        self._enqueue = redis.register_script(lua.enqueue_script(lua.PRELUDE + consts))
         self._start = redis.register_script(lua.PRELUDE + consts + lua.START)
         self._claim_start = redis.register_script(lua.PRELUDE + consts + lua.CLAIM_START)
         self._finish_with = redis.register_script(lua.PRELUDE + consts + lua.FINISH_WITH)
@@ -100,7 +100,7 @@ class Tracker:
         """`enqueue` for many (execution, score_ms, job_ttl_ms, idempotency_key): one call
         of the enqueue script, one round trip."""
         k = self.keys
-        keys = [k.queue, k.records, k.events, k.wake]
+        keys = [k.queue, k.records, k.events, k.wake, k.idle]
         now = now_ms()
         args: list[Any] = [self._maxlen, self._keep_ms, k.exec_prefix(), now]
         for job in jobs:
