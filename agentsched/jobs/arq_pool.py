@@ -35,6 +35,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.worker import Worker
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -271,6 +272,7 @@ class RidingArqRedis(ArqRedis):
         self._polls = 0  # polls of the queue so far
         self._polled = False  # a poll since the last abort check
         self._burst = False  # arq counts the queue after each poll only in burst mode
+        self._arq: Worker | None = None  # the arq worker polling (its free slots)
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         return RidingPipeline(
@@ -303,6 +305,9 @@ class RidingArqRedis(ArqRedis):
             return await super().zrangebyscore(name, min, max, start, num, **options)
         self._polls += 1
         self._polled = True
+        if self._arq is None:  # arq's _poll_iteration: its worker counts the free slots
+            caller = sys._getframe(1).f_locals.get("self")
+            self._arq = caller if isinstance(caller, Worker) else None
         if waker is not None and waker.handed:
             return list(waker.handed)  # claimed for this worker already: start them now
         since = waker.mark() if waker is not None else (0, 0)
@@ -334,24 +339,35 @@ class RidingArqRedis(ArqRedis):
         that could not register as idle (a job of its own still ran) registers once the
         last of its jobs ends, so the next enqueue hands it the job."""
         deadline = time.monotonic() + wait
+        arq = self._arq
+        busy = not idle and arq is not None and arq.job_counter > 0
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not await waker.wait(since, left, freed=not idle):
+            if left <= 0 or not await waker.wait(since, left, freed=busy):
                 return False
             if waker.published != since[0]:
                 return True
             since = waker.mark()  # a job of this worker ended
             if self._may_idle():
-                idle = True
+                busy = False
                 ids, _ = await self._poll(tracker, start, 1, idle=True)
                 if ids:  # queued meanwhile: the woken path claims it
                     waker.poke(ids[0])
                     return True
 
     def _may_idle(self) -> bool:
-        waker, may_idle = self.rides.waker, self.rides.may_idle
+        # No job of this worker runs (one may still be finishing), and two slots are free:
+        # for the job handed and for a claim already on its way meanwhile. (A busy worker
+        # finds its jobs by its polls: an A/B of 10,000 jobs end to end with busy workers
+        # registering handed 3 of them, for a poll at each job end.)
+        waker, may_idle, arq = self.rides.waker, self.rides.may_idle, self._arq
         return bool(
-            waker is not None and waker.handoff_ready and may_idle is not None and may_idle()
+            waker is not None
+            and waker.handoff_ready
+            and arq is not None
+            and arq.job_counter + 2 <= arq.max_jobs
+            and may_idle is not None
+            and may_idle()
         )
 
     async def _poll(

@@ -73,9 +73,9 @@ class Leases:
             self._job_tasks[job_id] = task
 
     def may_idle(self) -> bool:
-        """Whether an enqueue may hand this worker a job (status_scripts.ENQUEUE): nothing
-        runs here, and a second slot is free for a claim already on its way meanwhile."""
-        return self.settings.max_jobs >= 2 and not self.running and self.holding_ms() == 0
+        """Whether an enqueue may hand this worker a job (status_scripts.ENQUEUE): none
+        of its jobs runs (arq_pool counts free slots), and no outage hold."""
+        return not self.running and self.holding_ms() == 0
 
     def release(self, job_id: str) -> None:
         self.running.pop(job_id, None)
