@@ -23,6 +23,7 @@ attributes are given at the start (samplers see them), once.
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from typing import Any
@@ -32,7 +33,9 @@ from agentsched.serialization import dumps
 TRACER_NAME = "agentsched"
 CARRIER_KEYS = ("traceparent", "tracestate")
 PAYLOAD_KEY = "tc"
-_HEX = frozenset("0123456789abcdef")
+# version-trace id-span id-flags, then the end or (a later version's) more fields
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-|\Z)")
+_NAMES_MAX = 4096  # span names and constant attributes kept (event types are open-ended)
 
 _otel: Any = None  # None: not looked for yet; False: off; else the imported API modules
 # The carrier of the job being run: set by the deserializer inside arq's run_job, which
@@ -53,12 +56,18 @@ class _Api:
             TraceState,
         )
 
-        self.trace, self.context = trace, context
+        self.trace = trace
         self.unset = (NoOpTracerProvider, ProxyTracerProvider)
         self.error = StatusCode.ERROR
-        self.kind = trace.SpanKind
+        self.producer, self.consumer = trace.SpanKind.PRODUCER, trace.SpanKind.CONSUMER
+        self.new_trace = context.Context()  # a root span's parent: nothing (read, never changed)
+        self.attach, self.detach = context.attach, context.detach
+        self.in_context = trace.set_span_in_context
         self.remote_span = NonRecordingSpan
-        self.span_context, self.flags, self.state = SpanContext, TraceFlags, TraceState
+        self.span_context, self.state = SpanContext, TraceState
+        self.flags = [TraceFlags(value) for value in range(256)]  # built once, not per parent
+        # (kind, subject, app) -> (span name, the attributes every such span has)
+        self.names: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
         self._provider: Any = None
         self._tracer: Any = None
 
@@ -72,6 +81,16 @@ class _Api:
         self._provider, self._tracer = provider, provider.get_tracer(TRACER_NAME)
         return self._tracer
 
+    def named(self, kind: str, subject: str, app: str, key: str) -> tuple[str, dict[str, Any]]:
+        """`agentsched.<kind> <subject>` and its constant attributes, built once each."""
+        hit = self.names.get((kind, subject, app))
+        if hit is None:
+            if len(self.names) >= _NAMES_MAX:
+                self.names.clear()
+            attributes = {"agentsched.app": app, f"agentsched.{key}": subject}
+            hit = self.names[kind, subject, app] = (f"agentsched.{kind} {subject}", attributes)
+        return hit
+
     def parent(self, carrier: Mapping[str, str] | None) -> Any:
         """The context whose span is the remote parent `carrier` names (None: none)."""
         if not carrier:
@@ -79,31 +98,24 @@ class _Api:
         ids = parse_traceparent(carrier.get("traceparent"))
         if ids is None:
             return None
-        trace_id, span_id, flags = ids
         header = carrier.get("tracestate")
         state = self.state.from_header([header]) if header else None
-        remote = self.span_context(
-            trace_id, span_id, is_remote=True, trace_flags=self.flags(flags), trace_state=state
-        )
-        return self.trace.set_span_in_context(self.remote_span(remote))
+        remote = self.span_context(ids[0], ids[1], True, self.flags[ids[2]], state)
+        return self.in_context(self.remote_span(remote))
 
 
 def parse_traceparent(value: Any) -> tuple[int, int, int] | None:
     """(trace id, span id, flags) of a W3C `traceparent`, or None if it is not one."""
-    if not isinstance(value, str) or len(value) < 55:
+    found = _TRACEPARENT.match(value) if isinstance(value, str) else None
+    if found is None:
         return None
-    parts = value.split("-")
-    if len(parts) < 4 or [len(p) for p in parts[:4]] != [2, 32, 16, 2]:
-        return None
-    version, trace_hex, span_hex, flags_hex = parts[:4]
-    if version == "ff" or (version == "00" and len(parts) != 4):
-        return None
-    if not _HEX.issuperset(version + trace_hex + span_hex + flags_hex):
-        return None
-    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    version = found[1]
+    if version == "ff" or (version == "00" and found.end() != len(value)):
+        return None  # version 00 has exactly four fields
+    trace_id, span_id = int(found[2], 16), int(found[3], 16)
     if not trace_id or not span_id:
         return None
-    return trace_id, span_id, int(flags_hex, 16)
+    return trace_id, span_id, int(found[4], 16)
 
 
 def carrier_of(span: Any) -> dict[str, str]:
@@ -164,15 +176,10 @@ def start_enqueue(
     tracer = _tracer()
     if tracer is None:
         return None
-    attributes = {"agentsched.app": app, "agentsched.function": function}
-    if execution_id is not None:
-        attributes["agentsched.execution_id"] = execution_id
-    span = tracer.start_span(
-        f"agentsched.enqueue {function}",
-        context=_otel.context.Context() if root else None,
-        kind=_otel.kind.PRODUCER,
-        attributes=attributes,
-    )
+    name, attributes = _otel.named("enqueue", function, app, "function")
+    if execution_id is not None:  # a copy: the named attributes are shared
+        attributes = {**attributes, "agentsched.execution_id": execution_id}
+    span = tracer.start_span(name, _otel.new_trace if root else None, _otel.producer, attributes)
     metadata.update(carrier_of(span))
     return span
 
@@ -220,16 +227,15 @@ class Current:
         tracer = _tracer()
         if tracer is None:
             return
-        kind = _otel.kind.CONSUMER
         parent = _otel.parent(carrier)
-        self.span = tracer.start_span(name, context=parent, kind=kind, attributes=attributes)
-        self.token = _otel.context.attach(_otel.trace.set_span_in_context(self.span))
+        self.span = tracer.start_span(name, parent, _otel.consumer, attributes)
+        self.token = _otel.attach(_otel.in_context(self.span, parent))
 
     def end(self, status: str, exc: BaseException | None = None) -> None:
         if self.span is None:
             return
         if self.token is not None:
-            _otel.context.detach(self.token)
+            _otel.detach(self.token)
             self.token = None
         span, self.span = self.span, None
         span.set_attribute("agentsched.status", status)  # one attribute: no dict to build
@@ -244,23 +250,27 @@ class Current:
 
 def run_span(function: str, app: str, execution_id: str, attempt: int) -> Current:
     """`agentsched.run <function>` around one attempt, a child of its enqueue span."""
+    if _otel is None:
+        _tracer()  # reads the settings once
     if _otel is False:
         return _OFF
+    name, constant = _otel.named("run", function, app, "function")
     attributes = {
-        "agentsched.app": app,
-        "agentsched.function": function,
+        **constant,
         "agentsched.execution_id": execution_id,
         "agentsched.attempt": attempt,
     }
-    return Current(f"agentsched.run {function}", incoming.get(), attributes)
+    return Current(name, incoming.get(), attributes)
 
 
 def handle_span(event_type: str, agent: str, carrier: Mapping[str, str] | None) -> Current:
     """`agentsched.handle <type>` around an event's handling, a child of its publish span."""
+    if _otel is None:
+        _tracer()
     if _otel is False:
         return _OFF
-    attributes = {"agentsched.app": agent, "agentsched.event_type": event_type}
-    return Current(f"agentsched.handle {event_type}", carrier, attributes)
+    name, attributes = _otel.named("handle", event_type, agent, "event_type")
+    return Current(name, carrier, attributes)
 
 
 # --- publishing an event ------------------------------------------------------------------
@@ -269,11 +279,8 @@ def start_publish(event_type: str, agent: str) -> tuple[Any, dict[str, str]]:
     tracer = _tracer()
     if tracer is None:
         return None, {}
-    span = tracer.start_span(
-        f"agentsched.publish {event_type}",
-        kind=_otel.kind.PRODUCER,
-        attributes={"agentsched.app": agent, "agentsched.event_type": event_type},
-    )
+    name, attributes = _otel.named("publish", event_type, agent, "event_type")
+    span = tracer.start_span(name, None, _otel.producer, attributes)
     return span, carrier_of(span)
 
 
