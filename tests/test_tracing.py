@@ -413,3 +413,31 @@ def test_an_execution_id_known_at_the_start_is_an_attribute_of_the_enqueue_span(
     tracing.end(span)
     ended = only(list(exporter.get_finished_spans()), "agentsched.enqueue tests.noop", "tc-known")
     assert ended.attributes is not None and ended.attributes["agentsched.execution_id"] == "e-known"
+
+
+def test_spans_of_one_function_keep_their_own_attributes(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """Span names and the attributes every span of a function has are built once and
+    shared: a span's own attributes (execution id, attempt, status) must not leak into
+    the next span of the same function."""
+    runs_made = [("e-one", 1, "failed"), ("e-two", 2, "success"), ("e-3", 1, "cancelled")]
+    for ident, attempt, status in runs_made:
+        metadata: dict[str, Any] = {}
+        span = tracing.start_enqueue("tests.noop", "tc-shared", metadata, execution_id=ident)
+        tracing.end(span)
+        tracing.take_context({"tc": metadata})
+        tracing.run_span("tests.noop", "tc-shared", ident, attempt).end(status)
+    tracing.end(tracing.start_enqueue("tests.noop", "tc-shared", {}))  # no id known yet
+    spans = [s for s in exporter.get_finished_spans()
+             if s.attributes and s.attributes.get("agentsched.app") == "tc-shared"]  # fmt: skip
+    enqueues = [dict(s.attributes or {}) for s in spans if "enqueue" in s.name]
+    runs = [dict(s.attributes or {}) for s in spans if s.name == "agentsched.run tests.noop"]
+    common = {"agentsched.app": "tc-shared", "agentsched.function": "tests.noop"}
+    assert enqueues == [{**common, "agentsched.execution_id": i} for i, _, _ in runs_made] + [
+        common
+    ]
+    assert runs == [
+        {**common, "agentsched.execution_id": i, "agentsched.attempt": a, "agentsched.status": s}
+        for i, a, s in runs_made
+    ]

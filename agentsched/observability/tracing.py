@@ -270,7 +270,7 @@ def handle_span(event_type: str, agent: str, carrier: Mapping[str, str] | None) 
     if _otel is False:
         return _OFF
     name, attributes = _otel.named("handle", event_type, agent, "event_type")
-    return Current(name, carrier, attributes)
+    return Current(name, carrier, {**attributes})  # a copy: the named ones are shared
 
 
 # --- publishing an event ------------------------------------------------------------------
@@ -280,7 +280,7 @@ def start_publish(event_type: str, agent: str) -> tuple[Any, dict[str, str]]:
     if tracer is None:
         return None, {}
     name, attributes = _otel.named("publish", event_type, agent, "event_type")
-    span = tracer.start_span(name, None, _otel.producer, attributes)
+    span = tracer.start_span(name, None, _otel.producer, {**attributes})  # a copy, as above
     return span, carrier_of(span)
 
 
