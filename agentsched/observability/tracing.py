@@ -229,7 +229,7 @@ class Current:
             return
         parent = _otel.parent(carrier)
         self.span = tracer.start_span(name, parent, _otel.consumer, attributes)
-        self.token = _otel.attach(_otel.in_context(self.span, parent))
+        self.token = _otel.attach(_otel.in_context(self.span))  # keeps the current context
 
     def end(self, status: str, exc: BaseException | None = None) -> None:
         if self.span is None:
