@@ -216,8 +216,12 @@ class RidingPipeline(Pipeline):
     async def _finish(self, tracker: Tracker, job_id: str) -> list[Any]:
         """arq's finish transaction and the job's finish script, as one script call."""
         command = self.rides.finishes.pop(job_id)
-        waker = self.rides.waker
-        job_task = asyncio.current_task()  # arq's run_job: its end frees the slot
+        waker, pool = self.rides.waker, self.rides.pool
+        # arq's run_job task: its end frees the slot, once arq has counted it (arq's own
+        # callback comes first). This transaction runs in a task of its own (arq shields
+        # it), which ends before arq counts the slot free.
+        arq = pool._arq if pool is not None else None
+        job_task = arq.tasks.get(job_id) if arq is not None else asyncio.current_task()
         if waker is not None and job_task is not None:
             job_task.add_done_callback(waker.slot_freed)
         commands = [args for args, _options in self.command_stack]
@@ -385,7 +389,9 @@ class RidingArqRedis(ArqRedis):
         """Before arq's abort check: with every slot busy (no poll since the last check),
         wait for a job to end or a cancel to come, instead of checking every poll_delay."""
         polled, self._polled = self._polled, False
-        waker = self.rides.waker
+        waker, arq = self.rides.waker, self._arq
         if polled or waker is None or not self._may_wait():
             return
+        if arq is not None and arq.job_counter < arq.max_jobs:
+            return  # a slot is free already: arq polls next
         await waker.wait(waker.mark(), self.idle_poll, freed=True)
