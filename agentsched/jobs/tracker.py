@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError
 from agentsched.connections import script_line_of
 from agentsched.errors import ConfigError
 from agentsched.execution import Execution, from_redis, queued_record
+from agentsched.jobs import recovery_scripts as rlua
 from agentsched.jobs import status_scripts as lua
 from agentsched.keys import Keys
 from agentsched.observability.tracing import job_serializer
@@ -56,10 +57,10 @@ class Tracker:
         self._finish = redis.register_script(lua.PRELUDE + consts + lua.FINISH)
         self._progress = redis.register_script(lua.PRELUDE + consts + lua.PROGRESS)
         self._cancel = redis.register_script(lua.PRELUDE + lua.CANCEL)
-        self._reap = redis.register_script(lua.PRELUDE + lua.REAP)
-        self._outside = redis.register_script(lua.PRELUDE + lua.OUTSIDE)
-        self._renew = redis.register_script(lua.RENEW)
-        self._reconcile = redis.register_script(lua.PRELUDE + lua.RECONCILE)
+        self._reap = redis.register_script(lua.PRELUDE + rlua.REAP)
+        self._outside = redis.register_script(lua.PRELUDE + rlua.OUTSIDE)
+        self._renew = redis.register_script(rlua.RENEW)
+        self._reconcile = redis.register_script(lua.PRELUDE + rlua.RECONCILE)
         # The hot path's scripts (enqueue, claim, finish, poll) go by the pool's script
         # line when it has one (script_line.py).
         self._line = script_line_of(redis)
@@ -377,7 +378,7 @@ class Tracker:
     ) -> str:
         """Compare one execution SQL holds as unfinished with Redis, and heal Redis.
 
-        Returns the action taken (see `status_scripts.RECONCILE`).
+        Returns the action taken (see `recovery_scripts.RECONCILE`).
         """
         k = self.keys
         enqueued_ms = int(row.enqueued_at.timestamp() * 1000) if row.enqueued_at else now_ms()
