@@ -220,7 +220,7 @@ class RidingPipeline(Pipeline):
         # arq's run_job task: its end frees the slot, once arq has counted it (arq's own
         # callback comes first). This transaction runs in a task of its own (arq shields
         # it), which ends before arq counts the slot free.
-        arq = pool._arq if pool is not None else None
+        arq = pool.arq_worker if pool is not None else None
         job_task = arq.tasks.get(job_id) if arq is not None else asyncio.current_task()
         if waker is not None and job_task is not None:
             job_task.add_done_callback(waker.slot_freed)
@@ -276,7 +276,7 @@ class RidingArqRedis(ArqRedis):
         self._polls = 0  # polls of the queue so far
         self._polled = False  # a poll since the last abort check
         self._burst = False  # arq counts the queue after each poll only in burst mode
-        self._arq: Worker | None = None  # the arq worker polling (its free slots)
+        self.arq_worker: Worker | None = None  # the arq worker polling (its free slots)
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         return RidingPipeline(
@@ -309,9 +309,9 @@ class RidingArqRedis(ArqRedis):
             return await super().zrangebyscore(name, min, max, start, num, **options)
         self._polls += 1
         self._polled = True
-        if self._arq is None:  # arq's _poll_iteration: its worker counts the free slots
+        if self.arq_worker is None:  # arq's _poll_iteration: its worker counts the free slots
             caller = sys._getframe(1).f_locals.get("self")
-            self._arq = caller if isinstance(caller, Worker) else None
+            self.arq_worker = caller if isinstance(caller, Worker) else None
         if waker is not None and waker.handed:
             return list(waker.handed)  # claimed for this worker already: start them now
         since = waker.mark() if waker is not None else (0, 0)
@@ -343,7 +343,7 @@ class RidingArqRedis(ArqRedis):
         that could not register as idle (a job of its own still ran) registers once the
         last of its jobs ends, so the next enqueue hands it the job."""
         deadline = time.monotonic() + wait
-        arq = self._arq
+        arq = self.arq_worker
         busy = not idle and arq is not None and arq.job_counter > 0
         while True:
             left = deadline - time.monotonic()
@@ -364,7 +364,7 @@ class RidingArqRedis(ArqRedis):
         # for the job handed and for a claim already on its way meanwhile. (A busy worker
         # finds its jobs by its polls: an A/B of 10,000 jobs end to end with busy workers
         # registering handed 3 of them, for a poll at each job end.)
-        waker, may_idle, arq = self.rides.waker, self.rides.may_idle, self._arq
+        waker, may_idle, arq = self.rides.waker, self.rides.may_idle, self.arq_worker
         return bool(
             waker is not None
             and waker.handoff_ready
@@ -389,7 +389,7 @@ class RidingArqRedis(ArqRedis):
         """Before arq's abort check: with every slot busy (no poll since the last check),
         wait for a job to end or a cancel to come, instead of checking every poll_delay."""
         polled, self._polled = self._polled, False
-        waker, arq = self.rides.waker, self._arq
+        waker, arq = self.rides.waker, self.arq_worker
         if polled or waker is None or not self._may_wait():
             return
         if arq is not None and arq.job_counter < arq.max_jobs:

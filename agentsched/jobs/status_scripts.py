@@ -15,9 +15,8 @@ PRELUDE = resources.files("agentsched.jobs").joinpath("status_scripts.lua").read
 # Enqueue one or many jobs in one call. The first snapshot (seq 1) and the `task.queued`
 # event are encoded by the caller (it knows every field), so the script only writes.
 # KEYS: queue, records, events, wake channel, idle set. ARGV: maxlen, keep, x-key prefix,
-# now, then
-# per job: field count, id, arq payload, score, job ttl, idempotency key or '', snapshot
-# JSON, event JSON, and that many hash fields. Returns {created, id} per job.
+# now, then per job: field count, id, arq payload, score, job ttl, idempotency key or '',
+# snapshot JSON, event JSON, and that many hash fields. Returns {created, id} per job.
 # A job due now goes straight to an idle worker when one waits (the handoff: see
 # arq_pool.py): claimed and started here for that worker, exactly as its own claim
 # would, and published on its own channel with what the claim answers, so it starts
