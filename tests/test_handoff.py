@@ -133,3 +133,40 @@ async def test_a_job_handed_to_a_gone_worker_runs_elsewhere_as_its_first_attempt
         assert await queue.get_result(execution.id, timeout=15) == 42
         worker_id = worker.pool.rides.worker  # type: ignore[attr-defined]
         assert await record(settings, execution.id) == ("success", "1", worker_id)
+
+
+async def test_a_handed_job_begins_before_the_worker_checks_for_aborts(
+    settings: Settings, run_worker: Any
+) -> None:
+    # arq's loop sends its abort check right after starting jobs; for a handed job that
+    # round trip's write would come before the job's function (its pickup latency).
+    worker = await run_worker(idle_poll=SLOW_POLL)
+    pool = worker.pool
+    rides = pool.rides  # type: ignore[attr-defined]
+    async with TaskQueue(settings) as queue:
+        warm = await queue.enqueue("tests.noop")
+        await queue.get_result(warm.id, timeout=10)
+        worker_id = rides.worker
+
+        async def registered() -> bool:
+            return any(m.startswith(worker_id + "|") for m in await idle_members(settings))
+
+        await wait_for(registered, 5, "registered as idle")
+        pending_at_checks: list[set[str]] = []
+        check = pool.abort_check_wait  # type: ignore[attr-defined]
+
+        async def spying() -> None:
+            await check()
+            pending_at_checks.append(set(rides.started))  # claimed, function not begun
+
+        pool.abort_check_wait = spying  # type: ignore[attr-defined]
+        claimed = claims_of(worker)
+        handed = []
+        for _ in range(3):
+            execution = await queue.enqueue(ADD, [2, 3])
+            assert await queue.get_result(execution.id, timeout=5) == 5
+            handed.append(execution.id)
+            await wait_for(registered, 5, "registered as idle again")
+        assert claimed == []  # all three were handed
+        assert pending_at_checks, "no abort check ran"
+        assert all(not (pending & set(handed)) for pending in pending_at_checks)

@@ -46,6 +46,9 @@ from agentsched.jobs.wake import Waker
 FETCH_SHAPE = ("GET", "INCRBY", "EXPIRE", "ZREM")  # redis-py sends INCR as INCRBY
 # arq's abort check, once per poll: ZRANGE arq:abort, ZREMRANGEBYSCORE arq:abort.
 ABORT_SHAPE = ("ZRANGE", "ZREMRANGEBYSCORE")
+# Loop passes the abort check after a handoff waits at most for the handed jobs to begin
+# (start_jobs -> run_job's task -> the function's task: two passes; more if it is busy).
+_HEAD_START_PASSES = 4
 
 
 class StatusRides:
@@ -275,6 +278,7 @@ class RidingArqRedis(ArqRedis):
         self.idle_poll = idle_poll
         self._polls = 0  # polls of the queue so far
         self._polled = False  # a poll since the last abort check
+        self._handed: list[Any] = []  # ids the last poll answered from the handoff
         self._burst = False  # arq counts the queue after each poll only in burst mode
         self.arq_worker: Worker | None = None  # the arq worker polling (its free slots)
 
@@ -313,7 +317,7 @@ class RidingArqRedis(ArqRedis):
             caller = sys._getframe(1).f_locals.get("self")
             self.arq_worker = caller if isinstance(caller, Worker) else None
         if waker is not None and waker.handed:
-            return list(waker.handed)  # claimed for this worker already: start them now
+            return self._start_handed(list(waker.handed))  # claimed for it already: start
         since = waker.mark() if waker is not None else (0, 0)
         idle = self._may_wait() and self._may_idle()
         ids, earliest = await self._poll(tracker, start, num or 100, idle)
@@ -329,7 +333,8 @@ class RidingArqRedis(ArqRedis):
         # leave the rest of the queue to the next poll, a moment later.
         hints = waker.take_hints()
         if waker.handed:  # handed jobs first: a slot waits for each
-            hints = [*waker.handed, *(h for h in hints if h not in waker.handed)]
+            rest = (h for h in hints if h not in waker.handed)
+            hints = self._start_handed([*waker.handed, *rest])
         if hints:
             return hints
         ids, _ = await self._poll(tracker, start, num or 100)
@@ -385,9 +390,23 @@ class RidingArqRedis(ArqRedis):
         ids, earliest = await run_script(self.execute_command, tracker, command)
         return list(ids), float(earliest) if earliest else None
 
+    def _start_handed(self, ids: list[Any]) -> list[Any]:
+        self._handed = ids
+        return ids
+
     async def abort_check_wait(self) -> None:
         """Before arq's abort check: with every slot busy (no poll since the last check),
-        wait for a job to end or a cancel to come, instead of checking every poll_delay."""
+        wait for a job to end or a cancel to come, instead of checking every poll_delay.
+
+        Right after starting handed jobs it first lets them begin: arq's loop would
+        otherwise send the abort check (and a poll) before their run_job tasks ran, and
+        an idle worker's pickup would wait for that round trip's write."""
+        handed, self._handed = self._handed, []
+        started = self.rides.started  # a job's entry goes when its function begins
+        for _ in range(_HEAD_START_PASSES):
+            if not any((i.decode() if isinstance(i, bytes) else i) in started for i in handed):
+                break
+            await asyncio.sleep(0)
         polled, self._polled = self._polled, False
         waker, arq = self.rides.waker, self.arq_worker
         if polled or waker is None or not self._may_wait():
