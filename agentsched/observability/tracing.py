@@ -221,15 +221,13 @@ class Current:
 
     __slots__ = ("span", "token")
 
-    def __init__(self, name: str, carrier: Mapping[str, str] | None, attributes: Any) -> None:
-        self.span: Any = None
-        self.token: Token[Any] | None = None
-        tracer = _tracer()
-        if tracer is None:
-            return
+    def __init__(
+        self, tracer: Any, name: str, carrier: Mapping[str, str] | None, attributes: Any
+    ) -> None:
         parent = _otel.parent(carrier)
-        self.span = tracer.start_span(name, parent, _otel.consumer, attributes)
-        self.token = _otel.attach(_otel.in_context(self.span))  # keeps the current context
+        self.span: Any = tracer.start_span(name, parent, _otel.consumer, attributes)
+        # Made current in the current context (which keeps whatever else it holds).
+        self.token: Token[Any] | None = _otel.attach(_otel.in_context(self.span))
 
     def end(self, status: str, exc: BaseException | None = None) -> None:
         if self.span is None:
@@ -250,9 +248,8 @@ class Current:
 
 def run_span(function: str, app: str, execution_id: str, attempt: int) -> Current:
     """`agentsched.run <function>` around one attempt, a child of its enqueue span."""
-    if _otel is None:
-        _tracer()  # reads the settings once
-    if _otel is False:
+    tracer = _tracer()
+    if tracer is None:  # off, or no provider set: nothing built
         return _OFF
     name, constant = _otel.named("run", function, app, "function")
     attributes = {
@@ -260,17 +257,16 @@ def run_span(function: str, app: str, execution_id: str, attempt: int) -> Curren
         "agentsched.execution_id": execution_id,
         "agentsched.attempt": attempt,
     }
-    return Current(name, incoming.get(), attributes)
+    return Current(tracer, name, incoming.get(), attributes)
 
 
 def handle_span(event_type: str, agent: str, carrier: Mapping[str, str] | None) -> Current:
     """`agentsched.handle <type>` around an event's handling, a child of its publish span."""
-    if _otel is None:
-        _tracer()
-    if _otel is False:
+    tracer = _tracer()
+    if tracer is None:
         return _OFF
     name, attributes = _otel.named("handle", event_type, agent, "event_type")
-    return Current(name, carrier, {**attributes})  # a copy: the named ones are shared
+    return Current(tracer, name, carrier, {**attributes})  # a copy: the named ones are shared
 
 
 # --- publishing an event ------------------------------------------------------------------
