@@ -26,9 +26,11 @@ PRELUDE = resources.files("agentsched.jobs").joinpath("status_scripts.lua").read
 _ENQUEUE = """
 local queue, records, events, wake, idle = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local maxlen, keep, xprefix, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local none_idle = false  -- no worker can become idle while the script runs
 local function hand_off(id, xkey, payload, score)
+  if none_idle then return false end
   local member = redis.call('ZRANGEBYSCORE', idle, now, '+inf', 'LIMIT', 0, 1)[1]
-  if not member then return false end
+  if not member then none_idle = true; return false end
   redis.call('ZREM', idle, member)
   local worker, lease_ms = string.match(member, '^(.*)|(%d+)$')
   if not worker then return false end
