@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -16,7 +17,8 @@ import pytest
 
 from agentsched import TaskQueue, TaskStatus
 from agentsched.settings import Settings
-from tests import gc_tasks  # noqa: F401  registers tests.gc_frozen here too
+from agentsched.worker import GC_YOUNG
+from tests import gc_tasks  # noqa: F401  registers tests.gc_frozen and gc_young here too
 from tests.conftest import subprocess_env
 from tests.test_queue import wait_sql
 
@@ -129,13 +131,17 @@ async def test_cli_worker_freezes_what_start_up_built(
     settings: Settings, run_worker: Callable[..., Any]
 ) -> None:
     """A worker started by arq's CLI owns its process: what start-up built is frozen out
-    of the collector's scans. A worker built inside another program leaves its GC alone."""
+    of the collector's scans, and young collections come less often. A worker built
+    inside another program leaves its GC alone."""
     modules = "tests.sample_tasks,tests.gc_tasks"
+    young = gc.get_threshold()[0]
     proc = start_worker(settings, AGENTSCHED_TASK_MODULES=modules)
     try:
         async with TaskQueue(settings) as queue:
             execution = await queue.enqueue("tests.gc_frozen")
             assert await queue.get_result(execution.id, timeout=60) > 10_000
+            execution = await queue.enqueue("tests.gc_young")
+            assert await queue.get_result(execution.id, timeout=60) == GC_YOUNG
     finally:
         output = stop(proc)
     assert proc.returncode == 0, output
@@ -143,6 +149,8 @@ async def test_cli_worker_freezes_what_start_up_built(
     async with TaskQueue(settings.model_copy(update={"app": settings.app + "-inproc"})) as queue:
         execution = await queue.enqueue("tests.gc_frozen")
         assert await queue.get_result(execution.id, timeout=60) == 0
+        execution = await queue.enqueue("tests.gc_young")
+        assert await queue.get_result(execution.id, timeout=60) == young
 
 
 @pytest.mark.parametrize(
