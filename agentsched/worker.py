@@ -150,10 +150,8 @@ class JobRunner:
             # scan, about 55 ms, every 1,500-3,000 jobs before; every span adds to it).
             gc.collect()
             gc.freeze()
-            # A young generation of 10,000 objects, not 700: the objects of a job are in
-            # flight across a few loop passes, and at 700 each collection caught and
-            # promoted them (gen0+gen1 collections took 11-16 µs a job over 12,000
-            # no-op jobs; 5-7.5 µs at 10,000). Reference counting frees the rest as ever.
+            # Young collections every 10,000 objects, not 700, which caught and promoted
+            # each job's objects in flight (GC took about 7 µs a job more; see GC_YOUNG).
             gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
     async def shutdown(self, ctx: dict[str, Any]) -> None:
