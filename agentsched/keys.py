@@ -68,6 +68,11 @@ class Keys:
         enqueue script may hand it a job (see status_scripts.ENQUEUE)."""
         return f"{self.prefix}idle:{self.app}"
 
+    @property
+    def schedules_changed(self) -> str:
+        """A counter every change of this app's schedules bumps (scheduling/changes.py)."""
+        return f"{self.prefix}schedules:{self.app}"
+
     def handoff(self, worker_id: str) -> str:
         """Pub/sub channel of one worker: the jobs an enqueue claimed for it."""
         return f"{self.prefix}wake:{self.app}:{worker_id}"

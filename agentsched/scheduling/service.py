@@ -4,7 +4,8 @@
 Any number of loops may run against one database and one Redis; each due fire time
 is enqueued once (claim protocol in `agentsched.db.schedules`). A loop sleeps until
 the app's earliest `next_run_at` (at most `tick` seconds), so fire times land within
-milliseconds of their due time and every change is seen on the next tick.
+milliseconds of their due time and every change is seen on the next tick (told through
+Redis, `changes.py`; one made in SQL by hand within `changes.RECHECK`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from agentsched.jobs.queue import TaskQueue, parse_execution_id, scheduled_execu
 from agentsched.jobs.runtime import Runtime
 from agentsched.observability import metrics
 from agentsched.registry import TaskDef, get_task, registered
+from agentsched.scheduling import changes
 from agentsched.scheduling.rules import (
     FirePlan,
     ScheduleSpec,
@@ -107,6 +109,7 @@ class Scheduler:
         get_task(spec.function).check_arguments(spec.args, spec.kwargs)
         schedule = _new_schedule(self.app, spec, source, _now())
         await self.store.insert(schedule)
+        await self._changed()
         return schedule
 
     async def get(self, schedule_id: str) -> Schedule:
@@ -154,11 +157,17 @@ class Scheduler:
         values = _changes(current, spec, _now())
         if values and not await self.store.update(self.app, current.id, values):
             raise NotFound("schedule", schedule_id)
+        if values:
+            await self._changed()
         return await self.get(current.id) if values else current
 
     async def delete(self, schedule_id: str) -> None:
         if not await self.store.delete(self.app, _parse_id(schedule_id)):
             raise NotFound("schedule", schedule_id)
+        await self._changed()
+
+    async def _changed(self) -> None:
+        await changes.bump(self.runtime, self.app)
 
     async def enable(self, schedule_id: str) -> Schedule:
         """Enable; the next fire time is counted from now (missed ones are not caught up)."""
@@ -210,6 +219,8 @@ class Scheduler:
             return changes
 
         await self.store.sync_file(self.app, decide)
+        if report.created or report.updated or report.deleted:
+            await self._changed()
         if report.skipped:
             log.warning("%s: schedule(s) %s exist as API-created schedules; left unchanged",
                         tasks_file.path, ", ".join(report.skipped))  # fmt: skip
@@ -321,7 +332,7 @@ class SchedulerService:
     batches schedules due a few milliseconds apart into one claim. The loop sleeps
     until the earliest fire time it knows of, so `tick` only bounds how soon it sees a
     schedule created or changed by another process (and what an idle worker spends on
-    the check: one query a second).
+    the check: one Redis GET a second; SQL only after a change, see `changes.py`).
     """
 
     def __init__(
@@ -337,6 +348,7 @@ class SchedulerService:
         self._limit = asyncio.Semaphore(concurrency)
         self._queue = TaskQueue(runtime=runtime, app=self.app)
         self._task: asyncio.Task[None] | None = None
+        self._due = changes.DueWatch(self.scheduler)
 
     async def start(self) -> None:
         if self._task is None:
@@ -350,11 +362,11 @@ class SchedulerService:
             self._task = None
 
     async def _run(self) -> None:
-        store, failures = self.scheduler.store, 0
+        failures = 0
         while True:
             try:
                 now = _now()
-                due = await store.next_due(self.app)
+                due = await self._due.next_due(now)
                 if due is not None and due <= now:
                     await self.tick(now)
                     delay = self.resolution  # rows another loop holds are due again soon
