@@ -8,10 +8,12 @@ import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from agentsched.jobs.runtime import Runtime
 from agentsched.registry import import_task_modules
@@ -73,6 +75,41 @@ async def test_an_idle_loop_reads_sql_only_after_a_change(runtime: Runtime) -> N
         await service.stop()
 
 
+@pytest.mark.parametrize("change", ["create", "update", "disable", "delete", "load"])
+async def test_every_change_through_the_scheduler_is_told(
+    runtime: Runtime, tmp_path: Path, change: str
+) -> None:
+    app = runtime.settings.app
+    hourly = {"name": "hourly", "function": "tests.noop", "interval": 3600}
+    existing = await Scheduler(runtime).create(hourly)
+    service = SchedulerService(runtime, tick=TICK)
+    reads = counting_reads(service)
+    await service.start()
+    try:
+        await wait_for(lambda: asyncio.sleep(0, bool(reads)), 5, "read once")
+        async with Runtime(runtime.settings) as api:  # another process's, as the API's
+            other = Scheduler(api)
+            if change == "create":
+                await other.create({**hourly, "name": "another"})
+            elif change == "update":
+                await other.update(existing.id, {"interval": 60})
+            elif change == "disable":
+                await other.disable(existing.id)
+            elif change == "delete":
+                await other.delete(existing.id)
+            else:
+                path = tmp_path / "tasks.yaml"
+                path.write_text(
+                    f"app: {app}\ntasks:\n  - name: filed\n    function: tests.noop\n"
+                    "    interval: 60\n"
+                )
+                await other.load_file(path)
+        # Read again at once (a tick), not after the 30 s recheck.
+        await wait_for(lambda: asyncio.sleep(0, len(reads) >= 2), 2, f"read after {change}")
+    finally:
+        await service.stop()
+
+
 async def test_a_change_made_in_sql_by_hand_is_seen_within_the_recheck(
     runtime: Runtime,
 ) -> None:
@@ -106,3 +143,24 @@ async def test_a_change_redis_cannot_be_told_of_is_still_made(
     assert (await scheduler.get(made.id)).name == "made"
     (line,) = [r.getMessage() for r in caplog.records if "could not be told" in r.getMessage()]
     assert "within 30 s" in line and "ConnectionError" in line
+
+
+async def test_a_counter_redis_will_not_read_falls_back_to_sql(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An error no retry cures (a key of another type, an ACL without GET): every tick
+    # reads SQL, as before the counter, and schedules still fire.
+    async def refused(*args: Any) -> None:
+        raise ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+    scheduler = Scheduler(runtime)
+    soon = await scheduler.create({"name": "soon", "function": "tests.noop", "interval": 1})
+    monkeypatch.setattr(runtime.redis, "get", refused)
+    service = SchedulerService(runtime, tick=TICK)
+    reads = counting_reads(service)
+    await service.start()
+    try:
+        await wait_for(lambda: fired(scheduler, soon.id), 5, "fired")
+        assert len(reads) > 2
+    finally:
+        await service.stop()
