@@ -47,7 +47,8 @@ FETCH_SHAPE = ("GET", "INCRBY", "EXPIRE", "ZREM")  # redis-py sends INCR as INCR
 # arq's abort check, once per poll: ZRANGE arq:abort, ZREMRANGEBYSCORE arq:abort.
 ABORT_SHAPE = ("ZRANGE", "ZREMRANGEBYSCORE")
 # Loop passes the abort check after a handoff waits at most for the handed jobs to begin
-# (start_jobs -> run_job's task -> the function's task: two passes; more if it is busy).
+# (start_jobs -> run_job's task -> the function's task: two passes; more when run_job
+# awaits something of its own, such as an on_job_start hook).
 _HEAD_START_PASSES = 4
 
 
@@ -278,7 +279,7 @@ class RidingArqRedis(ArqRedis):
         self.idle_poll = idle_poll
         self._polls = 0  # polls of the queue so far
         self._polled = False  # a poll since the last abort check
-        self._handed: list[Any] = []  # ids the last poll answered from the handoff
+        self._handed: list[Any] = []  # ids a wake-up named (handed first) for start_jobs
         self._burst = False  # arq counts the queue after each poll only in burst mode
         self.arq_worker: Worker | None = None  # the arq worker polling (its free slots)
 
