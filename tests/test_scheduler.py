@@ -297,9 +297,13 @@ async def wait_for(check: Callable[[], Any], timeout: float) -> None:
 async def test_worker_loop_fires_on_time_and_follows_edits(
     runtime: Runtime, scheduler: Scheduler, run_worker: Callable[..., Any]
 ) -> None:
+    await run_worker()  # its start-up runs a SchedulerService for the app
+    # Started before the schedules exist (a slow start-up on a busy machine would make
+    # the first fire time late): the loop learns of them as of any process's change.
+    ready = await TaskQueue(runtime=runtime).enqueue("tests.noop")
+    await TaskQueue(runtime=runtime).get_result(ready.id, timeout=30)
     s = await scheduler.create(noop("live", interval=1))
     other = await scheduler.create(noop("deleted-while-ticking", interval=1))
-    await run_worker()  # its start-up runs a SchedulerService for the app
 
     async def history(task_id: str) -> list[Any]:
         rows, _ = await runtime.executions.list(runtime.settings.app, task_id=task_id, limit=500)
