@@ -279,7 +279,7 @@ class RidingArqRedis(ArqRedis):
         self.idle_poll = idle_poll
         self._polls = 0  # polls of the queue so far
         self._polled = False  # a poll since the last abort check
-        self._handed: list[Any] = []  # ids a wake-up named (handed first) for start_jobs
+        self._handed: set[str] = set()  # ids a wake-up named (handed first) for start_jobs
         self._burst = False  # arq counts the queue after each poll only in burst mode
         self.arq_worker: Worker | None = None  # the arq worker polling (its free slots)
 
@@ -392,7 +392,7 @@ class RidingArqRedis(ArqRedis):
         return list(ids), float(earliest) if earliest else None
 
     def _start_handed(self, ids: list[Any]) -> list[Any]:
-        self._handed = ids
+        self._handed = {i.decode() if isinstance(i, bytes) else i for i in ids}
         return ids
 
     async def abort_check_wait(self) -> None:
@@ -402,10 +402,10 @@ class RidingArqRedis(ArqRedis):
         Right after starting handed jobs it first lets them begin: arq's loop would
         otherwise send the abort check (and a poll) before their run_job tasks ran, and
         an idle worker's pickup would wait for that round trip's write."""
-        handed, self._handed = self._handed, []
+        handed, self._handed = self._handed, set()
         started = self.rides.started  # a job's entry goes when its function begins
         for _ in range(_HEAD_START_PASSES):
-            if not any((i.decode() if isinstance(i, bytes) else i) in started for i in handed):
+            if not handed & started.keys():
                 break
             await asyncio.sleep(0)
         polled, self._polled = self._polled, False

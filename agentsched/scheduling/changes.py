@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentsched.scheduler")
 RECHECK = 30.0  # s: the longest a loop trusts its earliest fire time without SQL
 BUMP_TIMEOUT = 1.0  # s: a change waits this long at most to tell the loops
-_UNREAD = object()
 
 
 def counter_key(runtime: Runtime, app: str) -> str:
@@ -58,7 +57,7 @@ class DueWatch:
     def __init__(self, scheduler: Scheduler, recheck: float = RECHECK) -> None:
         self.scheduler, self.recheck = scheduler, recheck
         self.key = counter_key(scheduler.runtime, scheduler.app)
-        self._seen: object = _UNREAD  # the counter when SQL was last read
+        self._seen: object = object()  # the counter when SQL was last read (none yet)
         self._due: dt.datetime | None = None
         self._fresh_until = 0.0  # monotonic
 

@@ -109,7 +109,7 @@ class Scheduler:
         get_task(spec.function).check_arguments(spec.args, spec.kwargs)
         schedule = _new_schedule(self.app, spec, source, _now())
         await self.store.insert(schedule)
-        await self._changed()
+        await changes.bump(self.runtime, self.app)
         return schedule
 
     async def get(self, schedule_id: str) -> Schedule:
@@ -155,18 +155,16 @@ class Scheduler:
         spec = parse_spec(merged)
         get_task(spec.function).check_arguments(spec.args, spec.kwargs)
         values = _changes(current, spec, _now())
-        if values and not await self.store.update(self.app, current.id, values):
+        if not values:
+            return current
+        if not await self.store.update(self.app, current.id, values):
             raise NotFound("schedule", schedule_id)
-        if values:
-            await self._changed()
-        return await self.get(current.id) if values else current
+        await changes.bump(self.runtime, self.app)
+        return await self.get(current.id)
 
     async def delete(self, schedule_id: str) -> None:
         if not await self.store.delete(self.app, _parse_id(schedule_id)):
             raise NotFound("schedule", schedule_id)
-        await self._changed()
-
-    async def _changed(self) -> None:
         await changes.bump(self.runtime, self.app)
 
     async def enable(self, schedule_id: str) -> Schedule:
@@ -220,7 +218,7 @@ class Scheduler:
 
         await self.store.sync_file(self.app, decide)
         if report.created or report.updated or report.deleted:
-            await self._changed()
+            await changes.bump(self.runtime, self.app)
         if report.skipped:
             log.warning("%s: schedule(s) %s exist as API-created schedules; left unchanged",
                         tasks_file.path, ", ".join(report.skipped))  # fmt: skip
