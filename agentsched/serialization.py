@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import orjson
@@ -49,4 +50,4 @@ def from_ms(ms: int | str | None) -> dt.datetime | None:
 
 
 def now_ms() -> int:
-    return int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    return time.time_ns() // 1_000_000

@@ -291,3 +291,20 @@ async def test_unknown_function_in_redis_fails_with_kind(
         assert record.function == "os.system"
         assert record.error_kind is not None and record.error_kind.value == "unknown_function"
         await wait_sql(queue, job_id, lambda r: r.status is TaskStatus.FAILED)
+
+
+def test_new_execution_ids_are_random_version_4_uuids() -> None:
+    from agentsched.jobs.queue import new_execution_id, parse_execution_id
+
+    ids = [new_execution_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for ident in ids:
+        parsed = uuid.UUID(ident)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert parse_execution_id(ident) == ident  # already canonical: lower-case, dashed
+    # Every bit outside the version and variant varies across ids.
+    fixed = 0xFFFFFFFF_FFFF_0FFF_3FFF_FFFFFFFFFFFF
+    seen = 0
+    for ident in ids:
+        seen |= uuid.UUID(ident).int ^ uuid.UUID(ids[0]).int
+    assert seen == fixed

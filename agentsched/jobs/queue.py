@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -58,6 +59,15 @@ def parse_execution_id(value: str) -> str | None:
         return None
 
 
+def new_execution_id() -> str:
+    """A random (version 4) uuid as text: `str(uuid.uuid4())` at under half its cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def _delay_seconds(delay: float | dt.timedelta | None, eta: dt.datetime | None) -> float:
     if delay is not None and eta is not None:
         raise InvalidInput("delay", "give either delay or eta, not both")
@@ -94,9 +104,9 @@ def _validate_payload(
     a, k, m = list(args or []), dict(kwargs or {}), dict(metadata or {})
     if not all(isinstance(key, str) for key in k):
         raise InvalidInput("kwargs", "keys must be strings")
-    check_json("args", a)
-    check_json("kwargs", k)
-    check_json("metadata", m)
+    for field, value in (("args", a), ("kwargs", k), ("metadata", m)):
+        if value:  # empty ones are JSON already
+            check_json(field, value)
     return a, k, m
 
 
@@ -306,7 +316,7 @@ class TaskQueue:
         ident = (
             scheduled_execution_id(task_id, scheduled_for)
             if task_id and scheduled_for
-            else str(uuid.uuid4())
+            else new_execution_id()
         )
         # Adds the trace context to the metadata; a scheduled run starts a trace of its own.
         span = tracing.start_enqueue(

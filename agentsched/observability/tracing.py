@@ -202,6 +202,8 @@ def _finish(span: Any, exc: BaseException | None) -> None:
 
 def job_serializer(metadata: Mapping[str, Any]) -> Callable[[dict[str, Any]], bytes]:
     """arq's payload serializer for a job: plain JSON, plus the trace context if any."""
+    if "traceparent" not in metadata and "tracestate" not in metadata:
+        return dumps  # no trace context (tracing off, or no provider): nothing to add
     carrier = {k: metadata[k] for k in CARRIER_KEYS if isinstance(metadata.get(k), str)}
     if not carrier:
         return dumps
