@@ -172,7 +172,7 @@ def verdicts(results: dict[str, list[Round]]) -> int:
     if (taskiq := results.get("taskiq")) is not None:
         p50, theirs = med(ours, "p50"), med(taskiq, "p50")
         checks.append(
-            (f"pickup p50: {p50:.1f} ms, taskiq {theirs:.1f} ms   target <= taskiq", p50 <= theirs)
+            (f"pickup p50: {p50:.2f} ms, taskiq {theirs:.2f} ms   target <= taskiq", p50 <= theirs)
         )
     p50, p99 = med(ours, "p50"), med(ours, "p99")
     checks.append(
