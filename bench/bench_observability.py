@@ -15,7 +15,8 @@ Measures, in one run:
        - end to end: a ready worker, N sequential enqueues, first enqueue -> N-th
          success row; with the CPU per job of the producer and of the worker;
      ratios against "off", the median of per-round ratios over rounds that rotate the
-     order;
+     order; a second "off" variant, the A/A control, shows how far the machine's noise
+     alone moves such a ratio in the same run;
   2. a scrape of a worker with 100 functions registered (each having run, so every
      function has its series): HTTP GET of its metrics port, p50 / p99, and the
      rendering alone (agentsched's renderer and prometheus-client's, for reference).
@@ -85,6 +86,8 @@ def variants() -> list[AgentschedDriver]:
     """off, metrics, tracing: the same worker and client, told apart by their settings."""
     return [
         AgentschedDriver("off", metrics_enabled=False, tracing=False),
+        # "off" again: the A/A control, how far the machine's noise alone moves a ratio.
+        AgentschedDriver("off-again", metrics_enabled=False, tracing=False),
         AgentschedDriver("metrics", metrics_enabled=True, tracing=False,
                          metrics_port=free_port()),
         AgentschedDriver("tracing", env={otel_drop.ENV: "drop"}, metrics_enabled=True,
@@ -106,7 +109,8 @@ async def throughput(args: argparse.Namespace, log_dir: Path) -> int:
     }
     try:
         for round_ in range(args.rounds):
-            order = drivers[round_ % 3 :] + drivers[: round_ % 3]  # no variant always first
+            shift = round_ % len(drivers)  # no variant always first
+            order = drivers[shift:] + drivers[:shift]
             line = []
             for driver in order:
                 tag = f"{driver.name}-{round_}"
@@ -124,12 +128,17 @@ async def throughput(args: argparse.Namespace, log_dir: Path) -> int:
         Worker.stop_all()
         await redis.aclose()
         server.kill()
+    def median_ratio(name: str, kind: str, base: str = "off") -> float:
+        pairs = zip(rates[name][kind], rates[base][kind], strict=True)
+        return statistics.median(on / off for on, off in pairs)
+
+    control = [median_ratio("off-again", kind) for kind in ("drain", "e2e")]
+    print(f"A/A control, off-again vs off (no difference but the machine's noise): "
+          f"worker only {control[0]:.3f}x, end to end {control[1]:.3f}x")  # fmt: skip
     failures = 0
     for name, target in TARGETS.items():
         for kind, label in (("drain", "worker only"), ("e2e", "end to end")):
-            ratio = statistics.median(
-                on / off for on, off in zip(rates[name][kind], rates["off"][kind], strict=True)
-            )
+            ratio = median_ratio(name, kind)
             ok = ratio >= target
             failures += not ok
             print(f"{name} on vs off, {label}: median ratio {ratio:.3f}x   "
@@ -139,12 +148,7 @@ async def throughput(args: argparse.Namespace, log_dir: Path) -> int:
             print(f"  {part} CPU per job: {on:.0f} vs {off:.0f} µs (+{on - off:.0f} µs), "
                   f"jobs per CPU-second {off / on:.3f}x")  # fmt: skip
     # The tracing variant counts metrics too: its spans alone, against metrics only.
-    own = [
-        statistics.median(
-            t / m for t, m in zip(rates["tracing"][kind], rates["metrics"][kind], strict=True)
-        )
-        for kind in ("drain", "e2e")
-    ]
+    own = [median_ratio("tracing", kind, base="metrics") for kind in ("drain", "e2e")]
     print(f"  (tracing vs metrics only: worker only {own[0]:.3f}x, end to end {own[1]:.3f}x)")
     return failures
 
