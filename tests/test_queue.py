@@ -24,6 +24,7 @@ from agentsched.errors import (
     UnknownFunction,
 )
 from agentsched.execution import Execution
+from agentsched.jobs.queue import new_execution_id, parse_execution_id
 from agentsched.keys import Keys
 from agentsched.settings import Settings
 from tests import sample_tasks
@@ -294,8 +295,6 @@ async def test_unknown_function_in_redis_fails_with_kind(
 
 
 def test_new_execution_ids_are_random_version_4_uuids() -> None:
-    from agentsched.jobs.queue import new_execution_id, parse_execution_id
-
     ids = [new_execution_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
     for ident in ids:
@@ -303,8 +302,8 @@ def test_new_execution_ids_are_random_version_4_uuids() -> None:
         assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
         assert parse_execution_id(ident) == ident  # already canonical: lower-case, dashed
     # Every bit outside the version and variant varies across ids.
-    fixed = 0xFFFFFFFF_FFFF_0FFF_3FFF_FFFFFFFFFFFF
+    random_bits = 0xFFFFFFFF_FFFF_0FFF_3FFF_FFFFFFFFFFFF
     seen = 0
     for ident in ids:
         seen |= uuid.UUID(ident).int ^ uuid.UUID(ids[0]).int
-    assert seen == fixed
+    assert seen == random_bits
