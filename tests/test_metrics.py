@@ -33,6 +33,7 @@ from agentsched.observability import metrics
 from agentsched.observability.scrape import MetricsServer, Source, read
 from agentsched.scheduling.service import Scheduler, SchedulerService
 from agentsched.settings import Settings, load_settings
+from tests import sample_tasks  # noqa: F401  registers tests.noop, which the schedules run
 from tests.test_api_support import eventually, serve
 
 ADD = "tests.sample_tasks.add"
@@ -234,6 +235,38 @@ async def test_schedules_record_fire_lag_and_skips(settings: Settings) -> None:
         assert sample(skipped, app=settings.app, reason="overlap") == 1
         assert sample(skipped, app=settings.app, reason="misfire") is None
 
+
+
+async def test_misfires_count_as_misfires_only(settings: Settings) -> None:
+    async with Runtime(settings) as runtime:
+        s = await Scheduler(runtime).create(
+            {"name": "down", "function": "tests.noop", "interval": "60s", "overlap": "allow"}
+        )
+        assert s.next_run_at is not None
+        # Eleven fire times passed while nothing ran; run_once runs the latest of them.
+        ten_minutes_later = s.next_run_at + dt.timedelta(minutes=10, seconds=30)
+        stats = await SchedulerService(runtime).tick(ten_minutes_later)
+        assert (stats.enqueued, stats.missed, stats.overlap_skipped) == (1, 10, 0)
+        skipped = "agentsched_schedule_skipped_total"
+        assert sample(skipped, app=settings.app, reason="misfire") == 10
+        assert sample(skipped, app=settings.app, reason="overlap") is None
+
+
+async def test_a_fire_time_the_worker_cannot_run_counts_as_unrunnable(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Runtime(settings) as runtime:
+        s = await Scheduler(runtime).create(
+            {"name": "gone", "function": "tests.noop", "interval": "60s"}
+        )
+        assert s.next_run_at is not None
+        # A worker whose code no longer has the function (a deploy removed it).
+        monkeypatch.setattr("agentsched.scheduling.service.registered", dict)
+        stats = await SchedulerService(runtime).tick(s.next_run_at)
+        assert (stats.enqueued, stats.unrunnable_skipped, stats.overlap_skipped) == (0, 1, 0)
+        skipped = "agentsched_schedule_skipped_total"
+        assert sample(skipped, app=settings.app, reason="unrunnable") == 1
+        assert sample(skipped, app=settings.app, reason="overlap") is None
 
 def test_counting_can_be_turned_off() -> None:
     app = f"off-{uuid.uuid4().hex[:8]}"

@@ -68,7 +68,9 @@ FIRE_LAG = HistogramFamily(
 )
 SKIPPED = CounterFamily(
     "agentsched_schedule_skipped",
-    "Fire times not run: reason overlap (the previous run was still going) or misfire.",
+    "Fire times not run: reason overlap (the previous run was still going), misfire "
+    "(missed and dropped by the misfire policy) or unrunnable (the function is not "
+    "registered in this worker, or its arguments no longer fit it).",
     ["app", "reason"],
 )
 PUBLISHED = CounterFamily(
@@ -145,16 +147,17 @@ def picked_up(app: str, seconds: float) -> None:
         PICKUP.observe((app,), max(seconds, 0.0))
 
 
-def schedule_fired(app: str, lags: list[float], overlap: int = 0, misfire: int = 0) -> None:
-    """One tick's outcome for one schedule: lags of the enqueued runs, counts of skips."""
+def schedule_fired(
+    app: str, lags: list[float], overlap: int = 0, misfire: int = 0, unrunnable: int = 0
+) -> None:
+    """One batch of due schedules: lags of the enqueued runs, counts of fire times not run."""
     if not _enabled:
         return
     for lag in lags:
         FIRE_LAG.observe((app,), max(lag, 0.0))
-    if overlap:
-        SKIPPED.inc((app, "overlap"), overlap)
-    if misfire:
-        SKIPPED.inc((app, "misfire"), misfire)
+    for reason, count in (("overlap", overlap), ("misfire", misfire), ("unrunnable", unrunnable)):
+        if count:
+            SKIPPED.inc((app, reason), count)
 
 
 def event_published(app: str, event_type: str) -> None:

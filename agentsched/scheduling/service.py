@@ -272,8 +272,8 @@ def _unrunnable(schedule: Schedule, definition: TaskDef | None) -> str | None:
 
 def _runnable(
     schedule: Schedule, plan: FirePlan, busy: bool, definition: TaskDef | None
-) -> list[dt.datetime]:
-    """The fire times of a plan to enqueue, after the overlap policy; logs what it drops."""
+) -> tuple[list[dt.datetime], str]:
+    """A plan's fire times to enqueue and why the rest were dropped (or ''); logs drops."""
     # One line per decision, at INFO or above, so the worker log explains every gap.
     if plan.missed:
         log.warning("schedule %s: %d missed fire time(s) not run (misfire_policy=%s)",
@@ -285,12 +285,12 @@ def _runnable(
     if plan.runs and (why := _unrunnable(schedule, definition)):
         log.warning("schedule %s: %s; skipped %d fire time(s)", schedule.name, why,
                     len(plan.runs))  # fmt: skip
-        return []
+        return [], "unrunnable"
     if plan.runs and busy:
         log.info("schedule %s: previous run still queued or running; skipped %d fire time(s) "
                  "(overlap=skip)", schedule.name, len(plan.runs))  # fmt: skip
-        return []
-    return plan.runs
+        return [], "overlap"
+    return plan.runs, ""
 
 
 def _parse_id(value: object) -> str:
@@ -319,6 +319,7 @@ class TickStats:
 
     enqueued: int = 0
     overlap_skipped: int = 0
+    unrunnable_skipped: int = 0  # the function is not registered here, or its arguments misfit
     missed: int = 0
     schedules: int = 0
 
@@ -415,16 +416,18 @@ class SchedulerService:
         busy = await self._still_running([s for s, p in plans if p.runs and s.overlap == "skip"])
         known = registered()
         advances, jobs = [], []
+        skips = {"overlap": 0, "unrunnable": 0, "": 0}  # fire times not run, by why
         for schedule, plan in plans:
-            runs = _runnable(schedule, plan, schedule.id in busy, known.get(schedule.function))
+            runs, why = _runnable(schedule, plan, schedule.id in busy, known.get(schedule.function))
             jobs += [(schedule, fire) for fire in runs]
-            last = runs[-1] if runs else None
             skipped = len(plan.runs) - len(runs)
-            # skipped_runs counts both overlap skips and misfires dropped by the policy.
-            advances.append(Advance(schedule.id, _due(schedule), plan.next_run_at, last,
-                                    skipped + plan.missed))  # fmt: skip
-            stats.overlap_skipped += skipped
-            stats.missed += plan.missed
+            skips[why] += skipped
+            # skipped_runs counts every fire time not run: skips and misfires alike.
+            advances.append(Advance(schedule.id, _due(schedule), plan.next_run_at,
+                                    runs[-1] if runs else None, skipped + plan.missed))  # fmt: skip
+        stats.missed += (missed := sum(plan.missed for _, plan in plans))
+        stats.overlap_skipped += skips["overlap"]
+        stats.unrunnable_skipped += skips["unrunnable"]
         # Enqueue before advancing: a failure rolls the claim back and the retry
         # re-enqueues the same deterministic ids, which Redis drops as already known.
         results = await asyncio.gather(*(self._enqueue(s, f) for s, f in jobs),
@@ -433,9 +436,8 @@ class SchedulerService:
             if isinstance(result, BaseException):
                 raise result
         fired = _now().timestamp()
-        metrics.schedule_fired(self.app, [fired - fire.timestamp() for _, fire in jobs],
-                               overlap=sum(a.skipped for a in advances),
-                               misfire=sum(plan.missed for _, plan in plans))  # fmt: skip
+        lags = [fired - fire.timestamp() for _, fire in jobs]
+        metrics.schedule_fired(self.app, lags, skips["overlap"], missed, skips["unrunnable"])
         await batch.advance(advances)
         stats.enqueued += len(jobs)
         stats.schedules += len(batch.rows)
