@@ -318,16 +318,17 @@ class JobRunner:
     async def _interrupted(self, job_id: str, attempt: int, function: str = "") -> None:
         """The coroutine was cancelled: by a user's cancel, or by a worker shutdown.
 
-        Never raises: the caller re-raises the CancelledError, which arq relies on.
-        """
+        Never raises: the caller re-raises the CancelledError, which arq relies on."""
         assert self.tracker is not None
         tracker = self.tracker
         try:
             key = tracker.keys.execution(job_id)
-            requested = await tracker.redis.hget(key, "cancel_requested")  # type: ignore[misc]
+            fields = tracker.redis.hmget(key, ["cancel_requested", "status"])
+            requested, status = await fields  # type: ignore[misc]
             if requested == b"1":
                 ending = tracker.finish(job_id, "cancelled", worker=self.worker_id)
-                metrics.finished(self.settings.app, function or "<unknown>", "cancelled")
+                if status != b"cancelled":  # a forced cancel counted it where it was forced
+                    metrics.finished(self.settings.app, function or "<unknown>", "cancelled")
             else:
                 # arq re-runs a job cancelled by a shutdown; record it as queued again.
                 # The interrupted run is not a failed attempt: the re-run has the same

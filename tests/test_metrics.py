@@ -34,6 +34,7 @@ from agentsched.observability.scrape import MetricsServer, Source, read
 from agentsched.scheduling.service import Scheduler, SchedulerService
 from agentsched.settings import Settings, load_settings
 from tests import sample_tasks  # noqa: F401  registers tests.noop, which the schedules run
+from tests.conftest import close_worker
 from tests.test_api_support import eventually, serve
 
 ADD = "tests.sample_tasks.add"
@@ -267,6 +268,39 @@ async def test_a_fire_time_the_worker_cannot_run_counts_as_unrunnable(
         skipped = "agentsched_schedule_skipped_total"
         assert sample(skipped, app=settings.app, reason="unrunnable") == 1
         assert sample(skipped, app=settings.app, reason="overlap") is None
+
+
+async def cancelled_count(settings: Settings) -> float | None:
+    labels = {"app": settings.app, "function": "tests.sleep", "error_kind": ""}
+    return sample("agentsched_executions_finished_total", status="cancelled", **labels)
+
+
+async def test_each_cancel_counts_once(settings: Settings, run_worker: Callable[..., Any]) -> None:
+    await run_worker()
+    async with TaskQueue(settings) as queue:
+        queued = await queue.enqueue("tests.sleep", args=[30], delay=3600)
+        assert await queue.cancel(queued.id) is True  # removed from the queue by the API
+        assert await cancelled_count(settings) == 1
+        running = await queue.enqueue("tests.sleep", args=[30])
+        await eventually(lambda: queue.get_status(running.id), lambda s: s.value == "running")
+        assert await queue.cancel(running.id) is True  # stopped by its worker
+        await eventually(lambda: cancelled_count(settings), lambda n: n == 2)
+
+
+async def test_a_forced_cancel_counts_once(
+    settings: Settings, run_worker: Callable[..., Any]
+) -> None:
+    worker = await run_worker()
+    async with TaskQueue(settings) as queue:
+        execution = await queue.enqueue("tests.sleep", args=[30])
+        await eventually(lambda: queue.get_status(execution.id), lambda s: s.value == "running")
+        worker.main_task.cancel()  # its loop stops: the worker never sees the abort
+        assert await queue.cancel(execution.id, wait=0.2) is True  # marked cancelled anyway
+        assert await cancelled_count(settings) == 1
+        # The job's coroutine ends now, with the cancel still requested on its record.
+        await close_worker(worker)
+        assert (await queue.get_execution(execution.id)).status.value == "cancelled"
+        assert await cancelled_count(settings) == 1
 
 def test_counting_can_be_turned_off() -> None:
     app = f"off-{uuid.uuid4().hex[:8]}"
