@@ -55,6 +55,21 @@ def test_text_lines_keep_the_fields_briefly() -> None:
     assert line == "WARNING attempt 2 failed [rag-chat mod.crawl 6b1e0f4e #2]"
 
 
+
+def test_the_fallback_handler_keeps_the_fields_too() -> None:
+    # `arq agentsched.WorkerSettings` without a logging config of ours: agentsched's own
+    # handler prints its lines, with the same brief fields as config/logging.yaml's.
+    logs.configure_logging("INFO")
+    (handler,) = [h for h in logging.getLogger("agentsched").handlers
+                  if isinstance(h, logs._UntilConfigured)]  # fmt: skip
+    assert isinstance(handler.formatter, logs.Formatter) and not handler.formatter.json
+    token = logs.bind("6b1e0f4e-1111-2222-3333-444455556666", "mod.crawl", 2)
+    try:
+        line = handler.format(record())
+    finally:
+        logs.unbind(token)
+    assert line.endswith(" mod.crawl 6b1e0f4e #2]") and "attempt 2 failed" in line
+
 def test_arq_job_line_loses_its_arguments() -> None:
     line = record("%6.2fs → %s(%s)%s", 0.01, "id:mod.add", "a=424242", "")
     assert logs.ArgumentRedactor().filter(line)

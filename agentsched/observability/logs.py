@@ -189,7 +189,7 @@ def configure_logging(level: str) -> None:
     logger.setLevel(level)
     if not any(isinstance(h, _UntilConfigured) for h in logger.handlers):
         handler = _UntilConfigured()
-        handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
+        handler.setFormatter(Formatter(_FORMAT, "%H:%M:%S"))  # with the execution's fields
         logger.addHandler(handler)
     keep_argument_values_out()
 
