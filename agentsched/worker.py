@@ -290,7 +290,7 @@ class JobRunner:
             delay = definition.backoff(attempt)
             log.info(
                 "%s %s attempt %d failed (%s), retrying in %.1fs: %s",
-                definition.name, job_id, attempt, kind.value, delay, error.splitlines()[0],
+                definition.name, job_id, attempt, kind.value, delay, logs.error_type(error),
             )  # fmt: skip
             self.rides.finishes[job_id] = self.tracker.finish_command(
                 job_id,
@@ -307,7 +307,7 @@ class JobRunner:
             raise Retry(defer=delay)
         log.warning(
             "%s %s failed (%s) after %d attempt(s): %s",
-            definition.name, job_id, kind.value, attempt, error.splitlines()[0],
+            definition.name, job_id, kind.value, attempt, logs.error_type(error),
         )  # fmt: skip
         self.rides.finishes[job_id] = self.tracker.finish_command(
             job_id, "failed", error=error, error_kind=kind.value, worker=self.worker_id

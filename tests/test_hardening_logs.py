@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from arq.utils import args_to_string
 
+from agentsched.errors import ExecutionFailed
 from agentsched.jobs.queue import TaskQueue
 from agentsched.jobs.runtime import Runtime
-from agentsched.observability.logs import redact_arguments
+from agentsched.observability.logs import error_type, redact_arguments
 from agentsched.registry import import_task_modules
 from agentsched.scheduling.rules import parse_spec, plan_fires
 from agentsched.scheduling.service import Scheduler, SchedulerService
@@ -144,3 +145,29 @@ async def test_a_debug_worker_never_logs_keyword_values(
     assert f"{execution.id}:tests.noop(…, api_key=…, password=…)" in text
     for secret in ("sk-live-123", "hunter2", "p0sitional"):
         assert secret not in text
+
+
+async def test_a_failure_is_logged_by_its_type_not_its_message(
+    settings: Settings, run_worker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A task's exception message may quote its arguments: the log names the type only,
+    # the record keeps the message (and its traceback) for whoever may read it.
+    caplog.set_level(logging.INFO, "agentsched")
+    await run_worker()
+    async with TaskQueue(settings) as queue:
+        execution = await queue.enqueue("tests.boom", kwargs={"message": "sk-live-SECRET42"})
+        with pytest.raises(ExecutionFailed):
+            await queue.get_result(execution.id, timeout=10)
+        record = await queue.get_execution(execution.id)
+    assert record.error is not None and "sk-live-SECRET42" in record.error
+    lines = [r.getMessage() for r in caplog.records if execution.id in r.getMessage()]
+    assert lines and all("sk-live-SECRET42" not in line for line in lines), lines
+    assert any(line.endswith("after 1 attempt(s): ValueError") for line in lines), lines
+
+
+def test_error_type_is_the_name_before_the_message() -> None:
+    assert error_type("ValueError: sk-1\n  File x") == "ValueError"
+    assert error_type("mod.Custom: a: b") == "mod.Custom"
+    assert error_type("WorkerShutdown") == "WorkerShutdown"
+    assert error_type("Odd\nname: x") == "Odd"
+    assert error_type("") == error_type(": only a message") == "error"
