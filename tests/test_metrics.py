@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import socket
 import time
 import uuid
@@ -302,6 +303,33 @@ async def test_a_forced_cancel_counts_once(
         assert (await queue.get_execution(execution.id)).status.value == "cancelled"
         assert await cancelled_count(settings) == 1
 
+
+async def test_task_events_published_are_the_lifecycle_events_written(
+    settings: Settings, run_worker: Callable[..., Any], tmp_path: Path
+) -> None:
+    await run_worker()
+    gate = tmp_path / "gate"
+    async with TaskQueue(settings) as queue:
+        runs = [
+            await queue.enqueue("tests.noop"),
+            await queue.enqueue("tests.boom"),
+            await queue.enqueue("tests.flaky", [str(tmp_path / "flaky"), 1]),  # one retry
+            await queue.enqueue("tests.staged", [str(gate)]),  # progress reports
+        ]
+        await queue.cancel((await queue.enqueue("tests.noop", delay=3600)).id)
+        await eventually(lambda: queue.get_status(runs[-1].id), lambda s: s.value == "running")
+        gate.write_text("go")
+        for execution in runs:
+            with contextlib.suppress(Exception):
+                await queue.get_result(execution.id, timeout=10)
+        stream = await queue.runtime.redis.xrange(Keys(settings.redis_prefix, settings.app).events)
+    written = [json.loads(fields[b"data"]) for _, fields in stream]
+    ours = [e["event_type"] for e in written if e["source_agent"] == settings.app]
+    assert {"task.progress", "task.retrying", "task.cancelled"} <= set(ours), ours
+    assert all(t.startswith("task.") for t in ours)
+    published = "agentsched_events_published_total"
+    assert sample(published, app=settings.app, event_type="task") == len(ours)
+
 def test_counting_can_be_turned_off() -> None:
     app = f"off-{uuid.uuid4().hex[:8]}"
     try:
@@ -360,8 +388,9 @@ def test_the_port_says_what_prometheus_client_says() -> None:
     metrics.events_dead_lettered(app, 1_500_000)
     fast, slow = metrics.render().decode(), generate_latest(REGISTRY).decode()
     assert ours(fast, app) == ours(slow, app)
-    # 3 execution counters, 12 + 2 run-time and 17 + 2 pickup samples, 3 bus counters.
-    assert len(ours(fast, app)) == 3 + 14 + 19 + 3
+    # 3 execution counters, 12 + 2 run-time and 17 + 2 pickup samples, 4 bus counters
+    # (the `task` events those calls stand for among them).
+    assert len(ours(fast, app)) == 3 + 14 + 19 + 4
     dead = f'agentsched_events_dead_lettered_total{{app="{app}"}} 1.5e+06\n'
     assert dead in fast and dead in slow  # numbers written as Go (and Prometheus) write them
     bucket = "agentsched_execution_duration_seconds_bucket"

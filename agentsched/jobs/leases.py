@@ -22,6 +22,7 @@ from agentsched.connections import BACKOFF_CAP, describe, is_transient
 from agentsched.jobs.arq_pool import StatusRides
 from agentsched.jobs.runtime import Runtime
 from agentsched.jobs.tracker import Tracker
+from agentsched.observability import metrics
 from agentsched.serialization import now_ms
 from agentsched.settings import Settings
 
@@ -113,6 +114,7 @@ class Leases:
                 async with asyncio.timeout(period):
                     recovered = await self.tracker.reap()
                 if recovered:
+                    metrics.task_events(self.settings.app, len(recovered))  # retrying, failed
                     log.warning(
                         "recovered %d job(s) from a lost worker: %s",
                         len(recovered),

@@ -24,6 +24,7 @@ from agentsched.execution import Execution, from_redis, queued_record
 from agentsched.jobs import recovery_scripts as rlua
 from agentsched.jobs import status_scripts as lua
 from agentsched.keys import Keys
+from agentsched.observability import metrics
 from agentsched.observability.tracing import job_serializer
 from agentsched.serialization import dumps_str, now_ms
 from agentsched.settings import Settings
@@ -432,22 +433,16 @@ class Tracker:
         return _text(out)
 
     async def progress(
-        self,
-        execution_id: str,
-        worker: str,
-        attempt: int,
-        fraction: float | None,
+        self, execution_id: str, worker: str, attempt: int, fraction: float | None,
         message: str | None,
-    ) -> bool:
+    ) -> bool:  # fmt: skip
         """Record a running attempt's progress; False if that attempt is not running here."""
-        args: list[str | int] = [
-            now_ms(),
-            worker,
-            str(attempt),
-            "" if fraction is None else repr(float(fraction)),
-            message or "",
-        ]
-        return bool(await self._progress(keys=[self.keys.execution(execution_id)], args=args))
+        value = "" if fraction is None else repr(float(fraction))
+        args: list[str | int] = [now_ms(), worker, str(attempt), value, message or ""]
+        recorded = bool(await self._progress(keys=[self.keys.execution(execution_id)], args=args))
+        if recorded:
+            metrics.task_events(self.keys.app)  # its task.progress event
+        return recorded
 
     async def get(self, execution_id: str) -> Execution | None:
         raw = await self.redis.hgetall(self.keys.execution(execution_id))  # type: ignore[misc]

@@ -75,7 +75,8 @@ SKIPPED = CounterFamily(
 )
 PUBLISHED = CounterFamily(
     "agentsched_events_published",
-    "Events published through EventBus.publish; event_type is its first dotted segment.",
+    "Events published: through EventBus.publish, and the task.* lifecycle events of the "
+    "executions this process moved; event_type is the first dotted segment.",
     ["app", "event_type"],
 )
 DELIVERED = CounterFamily(
@@ -121,20 +122,31 @@ def configure(enabled: bool) -> None:
     _enabled = enabled
 
 
+# The status scripts write the `task.*` lifecycle events to the bus stream: the calls
+# below that stand for a transition count its event too, as `task` events published.
 def enqueued(app: str, function: str) -> None:
     if _enabled:
         ENQUEUED.inc((app, function))
+        PUBLISHED.inc((app, "task"))  # task.queued
 
 
 def finished(app: str, function: str, status: str, error_kind: str = "") -> None:
     """An execution reached a terminal status (the retry of a failed attempt is `retried`)."""
     if _enabled:
         FINISHED.inc((app, function, status, error_kind if status == "failed" else ""))
+        PUBLISHED.inc((app, "task"))  # task.completed, task.failed, task.cancelled
 
 
 def retried(app: str, function: str) -> None:
     if _enabled:
         RETRIED.inc((app, function))
+        PUBLISHED.inc((app, "task"))  # task.retrying
+
+
+def task_events(app: str, count: int = 1) -> None:
+    """Lifecycle events written without one of the calls above (progress, recoveries)."""
+    if _enabled and count:
+        PUBLISHED.inc((app, "task"), count)
 
 
 def attempt_ran(app: str, function: str, seconds: float) -> None:
@@ -145,6 +157,7 @@ def attempt_ran(app: str, function: str, seconds: float) -> None:
 def picked_up(app: str, seconds: float) -> None:
     if _enabled:
         PICKUP.observe((app,), max(seconds, 0.0))
+        PUBLISHED.inc((app, "task"))  # task.started
 
 
 def schedule_fired(
@@ -189,3 +202,5 @@ def count_reconciled(app: str, action: str) -> None:
     """The reconciler repaired one execution; `action` names what it did (a short word)."""
     if _enabled:
         RECONCILED.inc((app, action))
+        if action in ("requeued", "recovered", "failed"):  # those write a lifecycle event
+            PUBLISHED.inc((app, "task"))
