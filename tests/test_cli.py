@@ -77,6 +77,7 @@ def one_error_line(stderr: str) -> str:
         (["disable"], "--app-dir"),
         (["workers"], "--json"),
         (["dead-letters"], "--replay"),
+        (["env"], "eval"),
     ],
 )
 def test_help_everywhere(
@@ -651,3 +652,25 @@ def test_a_tail_following_the_dev_platform_says_nothing_of_its_redis_going_with_
     assert [r.getMessage() for r in caplog.records] == [
         "Redis is unavailable (while the platform runs)"
     ]
+
+
+async def test_env_exports_the_running_platforms_urls_for_a_shell(tmp_path: Path) -> None:
+    db_url = f"sqlite+aiosqlite:///{tmp_path}/a dir with spaces/agentsched.db"
+    state = tmp_path / "agentsched" / f"dev-{os.getpid()}.env"  # this process: alive
+    write_state([state], {"AGENTSCHED_REDIS_URL": "redis://127.0.0.1:6390/0",
+                          "AGENTSCHED_DATABASE_URL": db_url,
+                          "AGENTSCHED_DEV_PID": str(os.getpid())})  # fmt: skip
+    env = {**CLEAN_ENV, "XDG_RUNTIME_DIR": str(tmp_path)}
+    code, out, err = await cli(env, "env")
+    assert code == 0, err
+    # What `eval "$(agentsched env)"` leaves in a shell: the same URLs, spaces and all.
+    script = 'eval "$1"; printf "%s\\n" "$AGENTSCHED_REDIS_URL" "$AGENTSCHED_DATABASE_URL"'
+    shell = subprocess.run(["bash", "-c", script, "bash", out], env=CLEAN_ENV,
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert shell.stdout.splitlines() == ["redis://127.0.0.1:6390/0", db_url], shell.stderr
+
+
+async def test_env_without_a_platform_is_one_line(tmp_path: Path) -> None:
+    code, out, err = await cli({**CLEAN_ENV, "XDG_RUNTIME_DIR": str(tmp_path)}, "env")
+    assert (code, out) == (1, "")
+    assert "no running `agentsched dev` found" in one_error_line(err)

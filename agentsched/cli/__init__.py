@@ -1,5 +1,5 @@
 """The `agentsched` command: dev platform, worker, validate, and the commands that act on
-a running platform (enqueue, show, cancel, retry, run-again, executions, tasks, run,
+a running platform (env, enqueue, show, cancel, retry, run-again, executions, tasks, run,
 enable, disable, workers, dead-letters, events tail).
 
 Commands that talk to Redis and the database find a running `agentsched dev` from any

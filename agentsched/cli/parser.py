@@ -171,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _app_dir(worker)
     worker.add_argument("arq_args", nargs=argparse.REMAINDER, help="extra arq options (--burst)")
+    env = _command(
+        sub, "env", "platform:env", "export lines for the running platform's Redis and database",
+        description="Print `export` lines of the Redis and database URLs a command here would "
+        "use (a running `agentsched dev`'s): `eval \"$(agentsched env)\"` points this shell's "
+        "own code, `arq agentsched.WorkerSettings` included, at the platform.",
+    )  # fmt: skip
+    _app_dir(env)
     validate = _command(
         sub, "validate", "validate:validate", "check tasks files, with no environment set"
     )

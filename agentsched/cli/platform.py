@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,15 @@ def worker(args: argparse.Namespace) -> int:
     ]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
+
+
+def env(args: argparse.Namespace) -> int:
+    """`eval "$(agentsched env)"`: the URLs a command here would use, as shell exports."""
+    found = app_environment(args.app_dir).env  # one line and exit 1 when there are none
+    for key in ("AGENTSCHED_REDIS_URL", "AGENTSCHED_DATABASE_URL"):
+        if key in found:
+            print(f"export {key}={shlex.quote(found[key])}")
+    return 0
 
 
 def workers(args: argparse.Namespace) -> int:
