@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentsched.errors import CorruptRecord
-from agentsched.serialization import dumps_str, from_ms, loads
+from agentsched.serialization import dumps_str, from_ms, loads, to_ms
 from agentsched.status import ErrorKind, TaskStatus
 
 log = logging.getLogger("agentsched.execution")
@@ -206,7 +206,7 @@ def queued_record(
         "args": dumps_str(execution.args),
         "kwargs": dumps_str(execution.kwargs),
         "metadata": dumps_str(execution.metadata),
-        "enqueued_at": str(now_ms),
+        "enqueued_at": str(to_ms(execution.enqueued_at) if execution.enqueued_at else now_ms),
         "seq": "1",
         "due": str(score_ms),
     }

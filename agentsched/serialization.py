@@ -49,5 +49,10 @@ def from_ms(ms: int | str | None) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(int(ms) / 1000, tz=dt.UTC)
 
 
+def to_ms(value: dt.datetime) -> int:
+    """Epoch ms of `value`, rounded: a datetime made by `from_ms` gives its ms back."""
+    return round(value.timestamp() * 1000)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000

@@ -26,6 +26,7 @@ from agentsched.errors import (
 from agentsched.execution import Execution
 from agentsched.jobs.queue import new_execution_id, parse_execution_id
 from agentsched.keys import Keys
+from agentsched.serialization import from_ms, to_ms
 from agentsched.settings import Settings
 from tests import sample_tasks
 
@@ -307,3 +308,20 @@ def test_new_execution_ids_are_random_version_4_uuids() -> None:
     for ident in ids:
         seen |= uuid.UUID(ident).int ^ uuid.UUID(ids[0]).int
     assert seen == random_bits
+
+
+async def test_an_enqueue_answers_the_enqueued_at_its_record_keeps(settings: Settings) -> None:
+    async with TaskQueue(settings) as queue:
+        for durable in (False, True):
+            execution = await queue.enqueue("tests.noop", durable=durable)
+            assert execution.enqueued_at is not None
+            assert execution.enqueued_at.microsecond % 1000 == 0  # whole ms, as stored
+            assert (await queue.get_execution(execution.id)).enqueued_at == execution.enqueued_at
+            if durable:
+                row = await queue.runtime.executions.get(queue.app, execution.id)
+                assert row is not None and row.enqueued_at == execution.enqueued_at
+
+
+def test_ms_survive_the_round_trip_through_a_datetime() -> None:
+    start = 1_765_000_000_000
+    assert all(to_ms(from_ms(ms)) == ms for ms in range(start, start + 20_000))  # type: ignore[arg-type]

@@ -16,12 +16,13 @@ from typing import Any
 
 from agentsched.db.executions import ExecutionStore
 from agentsched.execution import Execution, queued_record, snapshot_row
+from agentsched.serialization import to_ms
 
 
 def queued_row(execution: Execution, due_ms: int) -> dict[str, Any]:
     """The `task_executions` row the enqueue script's first snapshot (seq 1) describes."""
     enqueued = execution.enqueued_at
-    enqueued_ms = int(enqueued.timestamp() * 1000) if enqueued is not None else due_ms
+    enqueued_ms = to_ms(enqueued) if enqueued is not None else due_ms
     return snapshot_row(queued_record(execution, due_ms, enqueued_ms)[0])
 
 

@@ -38,7 +38,7 @@ from agentsched.jobs.runtime import Runtime
 from agentsched.jobs.tracker import Tracker
 from agentsched.observability import metrics, tracing
 from agentsched.registry import get_task, import_task_modules
-from agentsched.serialization import check_json
+from agentsched.serialization import check_json, from_ms, now_ms
 from agentsched.settings import Settings, get_settings, mask_url
 from agentsched.status import TaskStatus
 
@@ -322,7 +322,7 @@ class TaskQueue:
         span = tracing.start_enqueue(
             definition.name, self.app, m, root=scheduled_for is not None, execution_id=ident
         )
-        now = time.time()
+        now = now_ms()  # whole ms, as the record keeps it: the Execution says the same
         execution = Execution(
             id=ident,
             app=self.app,
@@ -334,9 +334,9 @@ class TaskQueue:
             metadata=m,
             task_id=task_id,
             scheduled_for=scheduled_for,
-            enqueued_at=dt.datetime.fromtimestamp(now, dt.UTC),
+            enqueued_at=from_ms(now),
         )
-        score = int((now + seconds) * 1000)
+        score = now + int(seconds * 1000)
         ttl = int(seconds * 1000) + expires_extra_ms
         return _Prepared(execution, score, ttl, idempotency_key, span)
 

@@ -26,7 +26,7 @@ from agentsched.jobs import status_scripts as lua
 from agentsched.keys import Keys
 from agentsched.observability import metrics
 from agentsched.observability.tracing import job_serializer
-from agentsched.serialization import dumps_str, now_ms
+from agentsched.serialization import dumps_str, now_ms, to_ms
 from agentsched.settings import Settings
 
 
@@ -139,7 +139,7 @@ class Tracker:
             None,
             score_ms
             if execution.enqueued_at is None
-            else int(execution.enqueued_at.timestamp() * 1000),
+            else to_ms(execution.enqueued_at),
             serializer=job_serializer(execution.metadata),  # the trace context rides along
         )
         h, event = queued_record(execution, score_ms, now)
