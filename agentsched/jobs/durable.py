@@ -16,14 +16,12 @@ from typing import Any
 
 from agentsched.db.executions import ExecutionStore
 from agentsched.execution import Execution, queued_record, snapshot_row
-from agentsched.serialization import to_ms
 
 
 def queued_row(execution: Execution, due_ms: int) -> dict[str, Any]:
-    """The `task_executions` row the enqueue script's first snapshot (seq 1) describes."""
-    enqueued = execution.enqueued_at
-    enqueued_ms = to_ms(enqueued) if enqueued is not None else due_ms
-    return snapshot_row(queued_record(execution, due_ms, enqueued_ms)[0])
+    """The `task_executions` row the enqueue script's first snapshot (seq 1) describes
+    (its `enqueued_at` is the execution's; `due_ms` stands in when it has none)."""
+    return snapshot_row(queued_record(execution, due_ms, due_ms)[0])
 
 
 class GroupCommit:

@@ -57,13 +57,13 @@ def _settings() -> tuple[str, str]:
     return settings.log_format, settings.app
 
 
-
 def error_type(error: str) -> str:
     """The exception's name from a stored error (`Type: message`, then a traceback): a
     task's message may hold its argument values, so log lines name the type only (the
     message and traceback stay in the execution's record)."""
     head = error.split(":", 1)[0].strip()
     return head.splitlines()[0] if head else "error"
+
 
 class Formatter(logging.Formatter):
     """Text or JSON lines with the agentsched context; usable from a dictConfig (`()`)."""
