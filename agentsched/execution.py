@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentsched.errors import CorruptRecord
-from agentsched.serialization import dumps_str, from_ms, loads, to_ms
+from agentsched.serialization import from_ms, loads
 from agentsched.status import ErrorKind, TaskStatus
 
 log = logging.getLogger("agentsched.execution")
@@ -188,45 +188,3 @@ def from_row(row: Any) -> Execution:
         progress_message=row.progress_message,
         due_at=row.due_at,
     )
-
-
-def queued_record(
-    execution: Execution, score_ms: int, now_ms: int
-) -> tuple[dict[str, str], dict[str, Any]]:
-    """The hash of a just-queued execution as the status scripts keep it (every value a
-    string; also its first snapshot, seq 1, for SQL) and its `task.queued` event, in the
-    form the scripts' `emit` writes them. The enqueue script writes both as given."""
-    h = {
-        "id": execution.id,
-        "app": execution.app,
-        "function": execution.function,
-        "status": "queued",
-        "attempt": "1",
-        "max_tries": str(execution.max_tries),
-        "args": dumps_str(execution.args),
-        "kwargs": dumps_str(execution.kwargs),
-        "metadata": dumps_str(execution.metadata),
-        "enqueued_at": str(to_ms(execution.enqueued_at) if execution.enqueued_at else now_ms),
-        "seq": "1",
-        "due": str(score_ms),
-    }
-    if execution.task_id:
-        h["task_id"] = execution.task_id
-    if execution.scheduled_for:
-        h["scheduled_for"] = str(int(execution.scheduled_for.timestamp() * 1000))
-    event = {
-        "id": f"{execution.id}-1",
-        "event_type": "task.queued",
-        "source_agent": execution.app,
-        "target_agent": None,
-        "payload": {
-            "execution_id": execution.id,
-            "function": execution.function,
-            "app": execution.app,
-            "status": "queued",
-            "attempt": 1,
-            "task_id": execution.task_id,
-        },
-        "created_at": now_ms / 1000,
-    }
-    return h, event

@@ -15,13 +15,14 @@ import contextlib
 from typing import Any
 
 from agentsched.db.executions import ExecutionStore
-from agentsched.execution import Execution, queued_record, snapshot_row
+from agentsched.execution import Execution, snapshot_row
+from agentsched.jobs.batch import queued_fields
 
 
 def queued_row(execution: Execution, due_ms: int) -> dict[str, Any]:
     """The `task_executions` row the enqueue script's first snapshot (seq 1) describes
     (its `enqueued_at` is the execution's; `due_ms` stands in when it has none)."""
-    return snapshot_row(queued_record(execution, due_ms, due_ms)[0])
+    return snapshot_row(queued_fields(execution, due_ms))
 
 
 class GroupCommit:

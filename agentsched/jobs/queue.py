@@ -92,9 +92,17 @@ def _delay_seconds(delay: float | dt.timedelta | None, eta: dt.datetime | None) 
     return float(seconds)
 
 
+def _stamp() -> tuple[int, dt.datetime]:
+    """An enqueue time: epoch ms and the datetime it stands for."""
+    now = now_ms()
+    return now, dt.datetime.fromtimestamp(now / 1000, tz=dt.UTC)
+
+
 def _validate_payload(
     args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None, metadata: Mapping[str, Any] | None
 ) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    if args is None and kwargs is None and metadata is None:
+        return [], {}, {}
     if args is not None and (isinstance(args, str | bytes) or not isinstance(args, Sequence)):
         raise InvalidInput("args", "must be a list")
     if kwargs is not None and not isinstance(kwargs, Mapping):
@@ -244,20 +252,22 @@ class TaskQueue:
         queues nothing. In durable mode all rows share one SQL commit.
         """
         jobs: list[_Prepared] = []
+        stamp, traced = _stamp(), tracing.active()
         for i, item in enumerate(items):
             if len(jobs) >= MAX_BATCH:
                 raise InvalidInput("items", f"at most {MAX_BATCH} jobs per call")
             if not isinstance(item, Mapping):
                 raise InvalidInput(f"items[{i}]", "must be an object")
-            unknown = sorted(set(item) - _ITEM_FIELDS)
-            if unknown:
-                raise InvalidInput(f"items[{i}].{unknown[0]}", "is not a field of a job")
+            if not _ITEM_FIELDS.issuperset(item):
+                unknown = sorted(set(item) - _ITEM_FIELDS)[0]
+                raise InvalidInput(f"items[{i}].{unknown}", "is not a field of a job")
             if "function" not in item:
                 raise InvalidInput(f"items[{i}].function", "is required")
             try:
                 jobs.append(self._prepare(
                     item["function"], item.get("args"), item.get("kwargs"), item.get("delay"),
                     item.get("eta"), item.get("metadata"), item.get("idempotency_key"),
+                    stamp=stamp, traced=traced,
                 ))  # fmt: skip
             except InvalidInput as exc:
                 raise InvalidInput(f"items[{i}].{exc.field}", exc.message) from None
@@ -265,7 +275,7 @@ class TaskQueue:
             return []
         calls = [(j.execution, j.score, j.ttl, j.idempotency_key) for j in jobs]
         try:
-            replies = await self.tracker.enqueue_many(calls)
+            batch = await self.tracker.enqueue_many(calls)
         except BaseException as exc:
             for job in jobs:
                 tracing.end(job.span, exc)
@@ -273,21 +283,21 @@ class TaskQueue:
                 raise
             raise self._unavailable(exc) from None
         out: list[Execution | str] = []  # an execution, or the id a duplicate named
-        for job, (created, ident) in zip(jobs, replies, strict=True):
+        created: dict[str, int] = {}  # per function
+        for job, (made, ident) in zip(jobs, batch.results, strict=True):
             # The span has the new execution's id; a deduplicated enqueue names the old one.
-            if created:
+            if made:
                 tracing.end(job.span)
-                metrics.enqueued(self.app, job.execution.function)
+                function = job.execution.function
+                created[function] = created.get(function, 0) + 1
                 out.append(job.execution)
             else:
                 tracing.end(job.span, execution_id=ident)
                 out.append(ident)
+        for function, count in created.items():
+            metrics.enqueued(self.app, function, count)
         if self.settings.durable_enqueue if durable is None else durable:
-            rows = [
-                queued_row(job.execution, job.score)
-                for job, made in zip(jobs, out, strict=True)
-                if made is job.execution
-            ]
+            rows = batch.rows()
             if rows:
                 await self.runtime.executions.upsert_many(rows)  # the batch: one commit
         return [e if isinstance(e, Execution) else await self.get_execution(e) for e in out]
@@ -303,8 +313,12 @@ class TaskQueue:
         idempotency_key: str | None,
         task_id: str | None = None,
         scheduled_for: dt.datetime | None = None,
+        *,
+        stamp: tuple[int, dt.datetime] | None = None,
+        traced: bool = True,
     ) -> _Prepared:
-        """Check one job's arguments and build its execution (nothing sent yet)."""
+        """Check one job's arguments and build its execution (nothing sent yet). A batch
+        gives its jobs one `stamp` (enqueue time) and looks up the tracer once."""
         definition = get_task(function)
         a, k, m = _validate_payload(args, kwargs, metadata)
         seconds = _delay_seconds(delay, eta)
@@ -319,10 +333,15 @@ class TaskQueue:
             else new_execution_id()
         )
         # Adds the trace context to the metadata; a scheduled run starts a trace of its own.
-        span = tracing.start_enqueue(
-            definition.name, self.app, m, root=scheduled_for is not None, execution_id=ident
+        span = (
+            tracing.start_enqueue(
+                definition.name, self.app, m, root=scheduled_for is not None, execution_id=ident
+            )
+            if traced
+            else None
         )
-        now = now_ms()  # whole ms, as the record keeps it: the Execution says the same
+        # Whole ms, as the record keeps it: the Execution says the same.
+        now, enqueued_at = stamp or _stamp()
         execution = Execution(
             id=ident,
             app=self.app,
@@ -334,10 +353,13 @@ class TaskQueue:
             metadata=m,
             task_id=task_id,
             scheduled_for=scheduled_for,
-            enqueued_at=from_ms(now),
+            enqueued_at=enqueued_at,
+            seq=1,  # the record's first snapshot, as a read of it says
         )
-        score = now + int(seconds * 1000)
-        ttl = int(seconds * 1000) + expires_extra_ms
+        delay_ms = int(seconds * 1000)
+        score = now + delay_ms
+        execution.due_at = from_ms(score) if delay_ms else enqueued_at
+        ttl = delay_ms + expires_extra_ms
         return _Prepared(execution, score, ttl, idempotency_key, span)
 
     def _commit_for(self, durable: bool | None) -> GroupCommit | None:

@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 from agentsched.connections import is_transient
 from agentsched.db.executions import ExecutionStore
 from agentsched.execution import snapshot_row
+from agentsched.jobs.batch import snapshots
 from agentsched.observability import metrics
 from agentsched.serialization import loads
 
@@ -72,13 +73,18 @@ class Recorder:
 
     async def _write(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         # Only the newest snapshot of each execution in the batch is decoded and written
-        # (entries carry id `i` and seq `q` beside the JSON snapshot `s`).
-        newest: dict[bytes, tuple[int, bytes]] = {}
-        for _entry_id, fields in entries:
+        # (entries carry id `i` and seq `q` beside the JSON snapshot `s`). An enqueue's
+        # entry `b` holds its jobs' first snapshots (seq 1): any later one is newer.
+        newest: dict[str, tuple[int, bytes | dict[str, str]]] = {}
+        for entry_id, fields in entries:
+            if b"b" in fields:
+                for h in self._first_snapshots(entry_id, fields):
+                    newest.setdefault(h["id"], (1, h))
+                continue
             try:
-                key, seq = fields[b"i"], int(fields[b"q"])
+                key, seq = fields[b"i"].decode(), int(fields[b"q"])
             except (KeyError, ValueError):
-                log.warning("dropping malformed execution snapshot %r", _entry_id)
+                log.warning("dropping malformed execution snapshot %r", entry_id)
                 continue
             seen = newest.get(key)
             if seen is None or seen[0] < seq:
@@ -86,7 +92,8 @@ class Recorder:
         rows: list[dict[str, Any]] = []
         for _seq, snapshot in newest.values():
             try:
-                rows.append(snapshot_row(loads(snapshot)))
+                h = snapshot if isinstance(snapshot, dict) else loads(snapshot)
+                rows.append(snapshot_row(h))
             except (KeyError, ValueError, TypeError) as exc:
                 log.warning("dropping malformed execution snapshot: %r", exc)
         if rows:
@@ -97,6 +104,14 @@ class Recorder:
             pipe.xack(self.stream, GROUP, *ids)
             pipe.xdel(self.stream, *ids)
             await pipe.execute()
+
+    @staticmethod
+    def _first_snapshots(entry_id: bytes, fields: dict[bytes, bytes]) -> list[dict[str, str]]:
+        try:
+            return snapshots(fields[b"b"], fields.get(b"x", b""))
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            log.warning("dropping malformed enqueue snapshots %r: %r", entry_id, exc)
+            return []
 
     async def step(self, block_ms: int | None = None) -> int:
         """Read one batch (new entries, then stale ones) and write it; returns its size."""

@@ -82,7 +82,6 @@ return new
 """
 
 
-
 # Every lease period: extend this worker's leases (and arq's claim of the same jobs).
 # A lease held by no one on an execution Redis has forgotten (a restart without
 # persistence, FLUSHDB) is taken again: the job still runs here and its end goes to SQL.

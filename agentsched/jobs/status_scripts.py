@@ -12,17 +12,19 @@ from importlib import resources
 
 PRELUDE = resources.files("agentsched.jobs").joinpath("status_scripts.lua").read_text()
 
-# Enqueue one or many jobs in one call. The first snapshot (seq 1) and the `task.queued`
-# event are encoded by the caller (it knows every field), so the script only writes.
-# KEYS: queue, records, events, wake channel, idle set. ARGV: maxlen, keep, x-key prefix,
-# now, then per job: field count, id, arq payload, score, job ttl, idempotency key or '',
-# snapshot JSON, event JSON, and that many hash fields. Returns {created, id} per job.
-# A job due now goes straight to an idle worker when one waits (the handoff: see
-# arq_pool.py): claimed and started here for that worker, exactly as its own claim
-# would, and published on its own channel with what the claim answers, so it starts
-# without a round trip. `handed` marks the record until the worker renews the lease:
-# if the worker never got it (it died while idle, the message was lost), the reaper
-# queues it again without counting an attempt.
+# Enqueue one or many jobs in one call, in the form `batch.Batch` builds: the fields a
+# group of jobs shares (a template: its hash fields, its `task.queued` event's JSON
+# around the id) once, then per job only its own. KEYS: queue, records, events, wake
+# channel, idle set. ARGV: maxlen, keep, x-key prefix, now, the call's first snapshots
+# (one `records` entry), template count; per template: field count, the fields, the
+# event's three parts; then per job: template (from 1), id, args, kwargs, arq payload,
+# score, job ttl, idempotency key or ''. Returns {one '1' or '0' (not created) per job,
+# the ids the duplicates found}. A job due now goes straight to an idle worker when one
+# waits (the handoff: see arq_pool.py): claimed and started here for that worker,
+# exactly as its own claim would, and published on its own channel with what the claim
+# answers, so it starts without a round trip. `handed` marks the record until the
+# worker renews the lease: if the worker never got it (it died while idle, the message
+# was lost), the reaper queues it again without counting an attempt.
 _ENQUEUE = """
 local queue, records, events, wake, idle = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local maxlen, keep, xprefix, now = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
@@ -47,35 +49,59 @@ local function hand_off(id, xkey, payload, score)
     table.concat({id, score, try, status, attempt, payload}, '\\n'))
   return true
 end
-local out, woke, i = {}, false, 5
+local templates, i = {}, 7
+for t = 1, tonumber(ARGV[6]) do
+  local n = tonumber(ARGV[i])
+  -- The job's own fields go in the first four value slots.
+  local fields = {'id', '', 'args', '', 'kwargs', '', 'due', '', unpack(ARGV, i + 1, i + n)}
+  templates[t] = {fields, ARGV[i + n + 1], ARGV[i + n + 2], ARGV[i + n + 3]}
+  i = i + n + 4
+end
+local flags, found, skipped, queued, woke, last = {}, {}, {}, {}, false, nil
 while i <= #ARGV do
-  local nfields, id, payload, score, job_ttl, idem, snapshot, event =
-    tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]),
-    ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-  local first, xkey, job = i + 8, xprefix .. id, 'arq:job:' .. id
-  i = first + nfields
+  local t, id, args, kwargs, payload, score, job_ttl, idem = templates[tonumber(ARGV[i])],
+    ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6]),
+    ARGV[i + 7]
+  i = i + 8
+  local xkey, job = xprefix .. id, 'arq:job:' .. id
   local existing = idem ~= '' and redis.call('GET', idem)
-  if existing then
-    table.insert(out, 0); table.insert(out, existing)
-  elseif redis.call('EXISTS', xkey, job) > 0 then
-    table.insert(out, 0); table.insert(out, id)
+  if existing or redis.call('EXISTS', xkey, job) > 0 then
+    table.insert(flags, '0'); table.insert(found, existing or id)
+    table.insert(skipped, #flags - 1)
   else
     redis.call('SET', job, payload, 'PX', job_ttl)
-    redis.call('ZADD', queue, score, id)
-    redis.call('HSET', xkey, unpack(ARGV, first, first + nfields - 1))
+    table.insert(queued, score); table.insert(queued, id)
+    local fields = t[1]
+    fields[2], fields[4], fields[6], fields[8] = id, args, kwargs, score
+    redis.call('HSET', xkey, unpack(fields))
     redis.call('PEXPIRE', xkey, job_ttl + keep)
     if idem ~= '' then redis.call('SET', idem, id, 'PX', job_ttl + keep) end
-    redis.call('XADD', records, '*', 'i', id, 'q', '1', 's', snapshot)
-    redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'data', event)
-    table.insert(out, 1); table.insert(out, id)
+    local event = t[2] .. id .. t[3] .. id .. t[4]
+    if i > #ARGV then  -- the call's last job trims the stream for all of them
+      redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'data', event)
+    else
+      redis.call('XADD', events, '*', 'data', event)
+    end
+    table.insert(flags, '1')
+    last = id
     if tonumber(score) > tonumber(now) or not hand_off(id, xkey, payload, score) then
       woke = true
     end
   end
 end
+if #queued > 0 then
+  for from = 1, #queued, 2000 do  -- unpack's limit is about 8,000 values
+    redis.call('ZADD', queue, unpack(queued, from, math.min(from + 1999, #queued)))
+  end
+  if #skipped > 0 then
+    redis.call('XADD', records, '*', 'b', ARGV[5], 'x', table.concat(skipped, ','))
+  else
+    redis.call('XADD', records, '*', 'b', ARGV[5])
+  end
+end
 -- Wakes idle workers; one id names the job for a single enqueue.
-if woke then redis.call('PUBLISH', wake, #out == 2 and out[2] or 'jobs') end
-return out
+if woke then redis.call('PUBLISH', wake, #flags == 1 and last or 'jobs') end
+return {table.concat(flags), found}
 """
 
 # The start and finish scripts run once per job, inside arq's transactions: their
@@ -290,4 +316,3 @@ if message ~= '' then redis.call('HSET', xkey, 'progress_message', message) end
 emit(xkey, records, events, C.maxlen, now, 'task.progress', C.keep)
 return 1
 """
-

@@ -20,23 +20,19 @@ from redis.exceptions import NoScriptError
 
 from agentsched.connections import script_line_of
 from agentsched.errors import ConfigError
-from agentsched.execution import Execution, from_redis, queued_record
+from agentsched.execution import Execution, from_redis
 from agentsched.jobs import recovery_scripts as rlua
 from agentsched.jobs import status_scripts as lua
+from agentsched.jobs.batch import Batch
 from agentsched.keys import Keys
 from agentsched.observability import metrics
 from agentsched.observability.tracing import job_serializer
-from agentsched.serialization import dumps_str, now_ms, to_ms
+from agentsched.serialization import dumps_str, now_ms
 from agentsched.settings import Settings
 
 
 class Encoded(str):
     """A result already encoded as JSON (the worker checks it is JSON once)."""
-
-
-def _created(reply: Any) -> tuple[bool, str]:
-    created, ident = reply
-    return bool(created), ident.decode() if isinstance(ident, bytes) else str(ident)
 
 
 class Tracker:
@@ -93,22 +89,21 @@ class Tracker:
         idempotency_key: str | None = None,
     ) -> tuple[bool, str]:
         """Write the arq job and the queued record; (created, id). Dedups on id and key."""
-        (created,) = await self.enqueue_many([(execution, score_ms, job_ttl_ms, idempotency_key)])
-        return created
+        batch = await self.enqueue_many([(execution, score_ms, job_ttl_ms, idempotency_key)])
+        return batch.results[0]
 
-    async def enqueue_many(
-        self, jobs: list[tuple[Execution, int, int, str | None]]
-    ) -> list[tuple[bool, str]]:
+    async def enqueue_many(self, jobs: list[tuple[Execution, int, int, str | None]]) -> Batch:
         """`enqueue` for many (execution, score_ms, job_ttl_ms, idempotency_key): one call
-        of the enqueue script, one round trip."""
+        of the enqueue script, one round trip. The batch's `results` say what it made."""
         k = self.keys
+        batch = Batch(now_ms())
+        for execution, score_ms, job_ttl_ms, idempotency_key in jobs:
+            idem = k.idempotency(idempotency_key) if idempotency_key else ""
+            batch.add(execution, score_ms, job_ttl_ms, idem)
         keys = [k.queue, k.records, k.events, k.wake, k.idle]
-        now = now_ms()
-        args: list[Any] = [self._maxlen, self._keep_ms, k.exec_prefix(), now]
-        for job in jobs:
-            args += self._enqueue_args(*job, now)
-        reply = await self._call(self._enqueue, keys, args)
-        return [_created(reply[i : i + 2]) for i in range(0, len(reply), 2)]
+        args = batch.argv(self._maxlen, self._keep_ms, k.exec_prefix())
+        batch.done(await self._call(self._enqueue, keys, args))
+        return batch
 
     async def send(self, slow: Callable[..., Awaitable[Any]], *command: Any) -> Any:
         """One raw script command by the script line, or by `slow` (redis-py)."""
@@ -122,33 +117,6 @@ class Tracker:
             return await self.send(self.redis.execute_command, *command)
         except NoScriptError:  # Redis lost its scripts: the Script loads it again
             return await script(keys=keys, args=args)
-
-    def _enqueue_args(
-        self,
-        execution: Execution,
-        score_ms: int,
-        job_ttl_ms: int,
-        idempotency_key: str | None,
-        now: int,
-    ) -> list[Any]:
-        """One job's part of the enqueue script's arguments (see status_scripts.ENQUEUE)."""
-        payload = serialize_job(
-            execution.function,
-            execution.args,  # type: ignore[arg-type]
-            execution.kwargs,
-            None,
-            score_ms
-            if execution.enqueued_at is None
-            else to_ms(execution.enqueued_at),
-            serializer=job_serializer(execution.metadata),  # the trace context rides along
-        )
-        h, event = queued_record(execution, score_ms, now)
-        fields = [item for pair in h.items() for item in pair]
-        idem = self.keys.idempotency(idempotency_key) if idempotency_key else ""
-        return [
-            len(fields), execution.id, payload, score_ms, job_ttl_ms, idem,
-            dumps_str(h), dumps_str(event), *fields,
-        ]  # fmt: skip
 
     async def start(
         self,

@@ -124,10 +124,10 @@ def configure(enabled: bool) -> None:
 
 # The status scripts write the `task.*` lifecycle events to the bus stream: the calls
 # below that stand for a transition count its event too, as `task` events published.
-def enqueued(app: str, function: str) -> None:
+def enqueued(app: str, function: str, count: int = 1) -> None:
     if _enabled:
-        ENQUEUED.inc((app, function))
-        PUBLISHED.inc((app, "task"))  # task.queued
+        ENQUEUED.inc((app, function), count)
+        PUBLISHED.inc((app, "task"), count)  # task.queued
 
 
 def finished(app: str, function: str, status: str, error_kind: str = "") -> None:

@@ -159,6 +159,11 @@ def available() -> bool:
 
 
 # --- enqueue ----------------------------------------------------------------------------
+def active() -> bool:
+    """Whether spans would be recorded now (a tracer provider is set)."""
+    return _tracer() is not None
+
+
 def start_enqueue(
     function: str,
     app: str,
