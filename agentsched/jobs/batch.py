@@ -18,7 +18,7 @@ from arq.jobs import serialize_job
 
 from agentsched.execution import Execution, snapshot_row
 from agentsched.observability.tracing import job_serializer
-from agentsched.serialization import dumps, dumps_str, loads, to_ms
+from agentsched.serialization import dumps, dumps_str, loads, now_ms, to_ms
 
 EMPTY_ARGS, EMPTY_KWARGS = "[]", "{}"
 
@@ -86,8 +86,8 @@ class Batch:
     """The jobs of one enqueue call, encoded as they are added; `argv` is the script's
     arguments, then `done` takes its reply."""
 
-    def __init__(self, now_ms: int) -> None:
-        self.now = now_ms
+    def __init__(self) -> None:
+        self.now = 0  # ms: the first job's enqueue time, which its event says too
         self._templates: dict[tuple[Any, ...], int] = {}
         self._template_argv: list[Any] = []
         self._shared: list[dict[str, str]] = []
@@ -107,6 +107,8 @@ class Batch:
         else:
             enqueued = to_ms(stamp)
             self._stamp = (stamp, enqueued)
+        if not self.now:
+            self.now = enqueued if stamp is not None else now_ms()
         metadata = execution.metadata
         shape = (
             execution.function, execution.max_tries, dumps(metadata) if metadata else b"",

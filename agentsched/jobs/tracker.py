@@ -96,7 +96,7 @@ class Tracker:
         """`enqueue` for many (execution, score_ms, job_ttl_ms, idempotency_key): one call
         of the enqueue script, one round trip. The batch's `results` say what it made."""
         k = self.keys
-        batch = Batch(now_ms())
+        batch = Batch()
         for execution, score_ms, job_ttl_ms, idempotency_key in jobs:
             idem = k.idempotency(idempotency_key) if idempotency_key else ""
             batch.add(execution, score_ms, job_ttl_ms, idem)
