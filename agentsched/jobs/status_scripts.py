@@ -52,9 +52,8 @@ end
 local templates, i = {}, 7
 for t = 1, tonumber(ARGV[6]) do
   local n = tonumber(ARGV[i])
-  -- The job's own fields go in the first four value slots.
-  local fields = {'id', '', 'args', '', 'kwargs', '', 'due', '', unpack(ARGV, i + 1, i + n)}
-  templates[t] = {fields, ARGV[i + n + 1], ARGV[i + n + 2], ARGV[i + n + 3]}
+  -- Where its fields are in ARGV, and its event's parts.
+  templates[t] = {i + 1, i + n, ARGV[i + n + 1], ARGV[i + n + 2], ARGV[i + n + 3]}
   i = i + n + 4
 end
 local flags, found, skipped, queued, woke, last = {}, {}, {}, {}, false, nil
@@ -71,12 +70,11 @@ while i <= #ARGV do
   else
     redis.call('SET', job, payload, 'PX', job_ttl)
     table.insert(queued, score); table.insert(queued, id)
-    local fields = t[1]
-    fields[2], fields[4], fields[6], fields[8] = id, args, kwargs, score
-    redis.call('HSET', xkey, unpack(fields))
+    redis.call('HSET', xkey, 'id', id, 'args', args, 'kwargs', kwargs, 'due', score,
+      unpack(ARGV, t[1], t[2]))
     redis.call('PEXPIRE', xkey, job_ttl + keep)
     if idem ~= '' then redis.call('SET', idem, id, 'PX', job_ttl + keep) end
-    local event = t[2] .. id .. t[3] .. id .. t[4]
+    local event = t[3] .. id .. t[4] .. id .. t[5]
     if i > #ARGV then  -- the call's last job trims the stream for all of them
       redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'data', event)
     else
