@@ -53,6 +53,7 @@ class Leases:
         # Running job id -> the monotonic time by which its lease must have been renewed
         # again; past it the job is stopped (another worker may have taken it over).
         self.running: dict[str, float] = {}
+        self._held = asyncio.Event()  # a job started: the watchdog has something to watch
         self._job_tasks: dict[str, asyncio.Task[Any]] = {}
         # Ends this worker sent lately (job id -> (monotonic time, finish command)): if
         # Redis comes back empty, their snapshots may never have reached SQL.
@@ -69,6 +70,7 @@ class Leases:
     def hold(self, job_id: str) -> None:
         """A job started here: its lease is fresh, and this task runs it."""
         self.running[job_id] = time.monotonic() + self.settings.lease_seconds * LEASE_SAFETY
+        self._held.set()
         task = asyncio.current_task()
         if task is not None:
             self._job_tasks[job_id] = task
@@ -130,14 +132,20 @@ class Leases:
             await asyncio.sleep(period)
 
     async def watchdog(self) -> None:
-        """Stop a job before its lease can expire unrenewed, so no two workers run it."""
+        """Stop a job before its lease can expire unrenewed, so no two workers run it.
+        It looks at the earliest deadline (renewals move them on), at most every
+        lease/20 s, and sleeps while no job runs: an idle worker wakes for nothing."""
         tick = self.settings.lease_seconds / 20
         while True:
-            await asyncio.sleep(tick)
+            if not self.running:
+                self._held.clear()
+                await self._held.wait()
             now = time.monotonic()
             for job_id, deadline in list(self.running.items()):
                 if now >= deadline:
                     self.give_up(job_id, "its lease could not be renewed (Redis unreachable)")
+            if self.running:
+                await asyncio.sleep(max(min(self.running.values()) - now, tick))
 
     def give_up(self, job_id: str, why: str) -> None:
         """Cancel a running job and make sure nothing of it reaches Redis from here."""
