@@ -188,6 +188,11 @@ class RidingPipeline(Pipeline):
             pool = self.rides.pool
             if pool is not None:
                 await pool.abort_check_wait()
+                if pool.arq_worker is not None and not pool.arq_worker.job_tasks:
+                    # No job runs here to cancel: an idle worker's loop asks Redis
+                    # nothing (arq's ZREMRANGEBYSCORE only trims scores in the future).
+                    await self.reset()
+                    return [[], 0]
             return await super().execute(raise_on_error)
         if kind == "drop":
             # arq's end of a job this worker gave up: its keys belong to whoever took it.
