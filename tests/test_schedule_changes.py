@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from agentsched.jobs.runtime import Runtime
 from agentsched.registry import import_task_modules
+from agentsched.scheduling.changes import counter_key
 from agentsched.scheduling.service import Scheduler, SchedulerService
 from agentsched.settings import Settings
 
@@ -145,17 +145,14 @@ async def test_a_change_redis_cannot_be_told_of_is_still_made(
     assert "within 30 s" in line and "ConnectionError" in line
 
 
-async def test_a_counter_redis_will_not_read_falls_back_to_sql(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # An error no retry cures (a key of another type, an ACL without GET): every tick
-    # reads SQL, as before the counter, and schedules still fire.
-    async def refused(*args: Any) -> None:
-        raise ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
-
+async def test_a_counter_redis_will_not_read_falls_back_to_sql(runtime: Runtime) -> None:
+    # An error no retry cures (here a key of another type; an ACL without GET is
+    # another): every tick reads SQL, as before the counter, and schedules still fire.
     scheduler = Scheduler(runtime)
     soon = await scheduler.create({"name": "soon", "function": "tests.noop", "interval": 1})
-    monkeypatch.setattr(runtime.redis, "get", refused)
+    key = counter_key(runtime, runtime.settings.app)
+    await runtime.redis.delete(key)
+    await runtime.redis.hset(key, "not", "a counter")
     service = SchedulerService(runtime, tick=TICK)
     reads = counting_reads(service)
     await service.start()

@@ -86,11 +86,19 @@ return new
 # A lease held by no one on an execution Redis has forgotten (a restart without
 # persistence, FLUSHDB) is taken again: the job still runs here and its end goes to SQL.
 # Returns the ids whose lease another worker holds or the reaper ended: stop those.
+# KEYS: the workers set, this worker's info hash (the dashboard's: kept three leases).
+# ARGV: lease prefix, x-key prefix, worker, now, lease ms, the count of the info's
+# fields and values, those, then the ids of the jobs running here.
 RENEW = """
 local workers, lprefix, xprefix = KEYS[1], ARGV[1], ARGV[2]
 local worker, now, lease_ms = ARGV[3], ARGV[4], ARGV[5]
+local info = tonumber(ARGV[6])
+if info > 0 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 7, 6 + info))
+  redis.call('PEXPIRE', KEYS[2], 3 * tonumber(lease_ms))
+end
 local lost = {}
-for i = 6, #ARGV do
+for i = 7 + info, #ARGV do
   local id = ARGV[i]
   local lease = lprefix .. id
   local owner = redis.call('GET', lease)

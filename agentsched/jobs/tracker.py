@@ -261,17 +261,9 @@ class Tracker:
     async def reap(self) -> list[str]:
         """Recover executions whose worker stopped renewing the lease; returns their ids."""
         k = self.keys
-        out = await self._reap(
-            keys=[k.running, k.records, k.events, k.queue, k.wake],
-            args=[
-                now_ms(),
-                self._maxlen,
-                self._keep_ms,
-                k.exec_prefix(),
-                k.lease_prefix(),
-                k.settling,
-            ],
-        )
+        keys = [k.running, k.records, k.events, k.queue, k.wake]
+        args = [now_ms(), self._maxlen, self._keep_ms, k.exec_prefix(), k.lease_prefix()]
+        out = await self._call(self._reap, keys, [*args, k.settling])
         return [_text(i) for i in out]
 
     async def fail_outside(
@@ -327,19 +319,10 @@ class Tracker:
         dashboard's Workers page.
         """
         k = self.keys
-        args: list[str | int] = [
-            k.lease_prefix(),
-            k.exec_prefix(),
-            worker,
-            now_ms(),
-            self._lease_ms,
-        ]
-        lost = await self._renew(keys=[k.workers], args=[*args, *execution_ids])
-        if info is not None:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(k.worker_info(worker), mapping=info)
-                pipe.pexpire(k.worker_info(worker), 3 * int(self._lease_ms))
-                await pipe.execute()
+        fields = [item for pair in (info or {}).items() for item in pair]
+        args = [k.lease_prefix(), k.exec_prefix(), worker, now_ms(), self._lease_ms]
+        args += [len(fields), *fields, *execution_ids]
+        lost = await self._call(self._renew, [k.workers, k.worker_info(worker)], args)
         return [_text(i) for i in lost]
 
     async def reconcile(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
+from agentsched.connections import script_line_of
 from agentsched.jobs.runtime import Runtime
 from agentsched.keys import Keys
 
@@ -63,8 +64,12 @@ class DueWatch:
 
     async def next_due(self, now: dt.datetime) -> dt.datetime | None:
         # The counter first: a change committed after it was read bumps it again.
+        redis = self.scheduler.runtime.redis
+        line = script_line_of(redis)  # the pool's script line: a loop asks every second
         try:
-            counter: object = await self.scheduler.runtime.redis.get(self.key)
+            counter: object = await (
+                line.call(redis.execute_command, "GET", self.key) if line else redis.get(self.key)
+            )
         except RedisError:  # not one that retries (a wrong type, no permission): read SQL
             counter = object()
         clock = time.monotonic()
