@@ -182,3 +182,28 @@ async def test_batch_endpoint(client: httpx.AsyncClient) -> None:
     assert (await client.post("/executions/batch", json={"items": []})).status_code == 422
     listed = (await client.get("/executions")).json()
     assert all(i["function"] == "tests.noop" for i in listed["items"])
+
+
+async def test_the_recorder_writes_a_large_batch_in_statements_of_its_size(
+    settings: Settings,
+) -> None:
+    async with Runtime(settings) as runtime:
+        async with TaskQueue(runtime=runtime) as queue:
+            made = await queue.enqueue_many([{"function": "tests.noop"}] * 1_200)
+        store = runtime.executions
+        sizes: list[int] = []
+        upsert = store.upsert_many
+
+        async def counted(rows: Any) -> int:
+            sizes.append(len(rows))
+            return await upsert(rows)
+
+        store.upsert_many = counted  # type: ignore[method-assign]
+        recorder = Recorder(runtime.redis, store, queue.tracker.keys.records, batch=500)
+        await recorder.drain()
+        assert sizes == [500, 500, 200]
+        listed: set[str] = set()
+        for offset in (0, 500, 1000):
+            page, total = await store.list(settings.app, limit=500, offset=offset)
+            listed |= {e.id for e in page}
+        assert total == 1_200 and listed == {e.id for e in made}

@@ -96,9 +96,10 @@ class Recorder:
                 rows.append(snapshot_row(h))
             except (KeyError, ValueError, TypeError) as exc:
                 log.warning("dropping malformed execution snapshot: %r", exc)
-        if rows:
-            await self.store.upsert_many(rows)
-            metrics.recorder_rows(row["app"] for row in rows)
+        # At most `batch` rows a statement: one enqueue's entry may hold thousands.
+        for start in range(0, len(rows), self.batch):
+            await self.store.upsert_many(rows[start : start + self.batch])
+        metrics.recorder_rows(row["app"] for row in rows)
         ids = [entry_id for entry_id, _ in entries]
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xack(self.stream, GROUP, *ids)
