@@ -188,7 +188,8 @@ class RidingPipeline(Pipeline):
             pool = self.rides.pool
             if pool is not None:
                 await pool.abort_check_wait()
-                if pool.arq_worker is not None and not pool.arq_worker.job_tasks:
+                running = getattr(pool.arq_worker, "job_tasks", None)  # arq's running jobs
+                if running is not None and not running:
                     # No job runs here to cancel: an idle worker's loop asks Redis
                     # nothing (arq's ZREMRANGEBYSCORE only trims scores in the future).
                     await self.reset()
