@@ -133,8 +133,8 @@ class Leases:
 
     async def watchdog(self) -> None:
         """Stop a job before its lease can expire unrenewed, so no two workers run it.
-        It looks at the earliest deadline (renewals move them on), at most every
-        lease/20 s, and sleeps while no job runs: an idle worker wakes for nothing."""
+        It looks at the earliest deadline (renewals move them on), no more often than
+        every lease/20 s, and sleeps while no job runs: an idle worker wakes for nothing."""
         tick = self.settings.lease_seconds / 20
         while True:
             if not self.running:
