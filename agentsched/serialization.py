@@ -30,6 +30,11 @@ def dumps_str(value: Any) -> str:
     return dumps(value).decode()
 
 
+def text(value: Any) -> str:
+    """A Redis reply as text (bytes from a client without decode_responses)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def loads(data: bytes | str) -> Any:
     """Decode JSON bytes; raises `orjson.JSONDecodeError` (a ValueError) on anything else."""
     return orjson.loads(data)

@@ -18,7 +18,7 @@ from arq.jobs import serialize_job
 
 from agentsched.execution import Execution, snapshot_row
 from agentsched.observability.tracing import job_serializer
-from agentsched.serialization import dumps, dumps_str, loads, now_ms, to_ms
+from agentsched.serialization import dumps, dumps_str, loads, now_ms, text, to_ms
 
 EMPTY_ARGS, EMPTY_KWARGS = "[]", "{}"
 
@@ -149,8 +149,8 @@ class Batch:
         flags, named = reply
         found = iter(named)
         self.results = [
-            (True, own[1]) if flag == "1" else (False, _text(next(found)))
-            for flag, own in zip(_text(flags), self._own, strict=True)
+            (True, own[1]) if flag == "1" else (False, text(next(found)))
+            for flag, own in zip(text(flags), self._own, strict=True)
         ]
         return self.results
 
@@ -161,10 +161,6 @@ class Batch:
             for own, (created, _) in zip(self._own, self.results, strict=True)
             if created
         ]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def snapshots(blob: bytes, skipped: bytes) -> list[dict[str, str]]:

@@ -95,7 +95,9 @@ def _delay_seconds(delay: float | dt.timedelta | None, eta: dt.datetime | None) 
 def _stamp() -> tuple[int, dt.datetime]:
     """An enqueue time: epoch ms and the datetime it stands for."""
     now = now_ms()
-    return now, dt.datetime.fromtimestamp(now / 1000, tz=dt.UTC)
+    enqueued = from_ms(now)
+    assert enqueued is not None
+    return now, enqueued
 
 
 def _validate_payload(

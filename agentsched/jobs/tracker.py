@@ -27,7 +27,7 @@ from agentsched.jobs.batch import Batch
 from agentsched.keys import Keys
 from agentsched.observability import metrics
 from agentsched.observability.tracing import job_serializer
-from agentsched.serialization import dumps_str, now_ms
+from agentsched.serialization import dumps_str, now_ms, text
 from agentsched.settings import Settings
 
 
@@ -133,7 +133,7 @@ class Tracker:
         """Mark running and take the lease; returns the status ('cancelled' = do not run)."""
         keys = [self.keys.execution(execution_id)]
         common: list[str | int] = [execution_id, now_ms(), worker]
-        result = _text(await self._start(keys=keys, args=[*common, attempt]))
+        result = text(await self._start(keys=keys, args=[*common, attempt]))
         if result == "missing":
             # Only jobs enqueued around agentsched pay for sending their details.
             details: list[str | int] = [
@@ -144,7 +144,7 @@ class Tracker:
                 enqueued_ms,
                 max_tries,
             ]
-            result = _text(await self._start(keys=keys, args=[*common, attempt, *details]))
+            result = text(await self._start(keys=keys, args=[*common, attempt, *details]))
         return result
 
     def claim_start_command(
@@ -238,7 +238,7 @@ class Tracker:
 
         Takes `finish_command`'s options and runs its command on its own.
         """
-        return _text(await self.run_command(self.finish_command(execution_id, status, **options)))
+        return text(await self.run_command(self.finish_command(execution_id, status, **options)))
 
     async def cancel(self, execution_id: str, *, force: bool = False) -> str:
         """'cancelled', 'cancelling' (a worker will stop it), 'missing' or the terminal status."""
@@ -256,7 +256,7 @@ class Tracker:
             ],
             args=[execution_id, now_ms(), self._maxlen, self._keep_ms, "1" if force else "0"],
         )
-        return _text(out)
+        return text(out)
 
     async def reap(self) -> list[str]:
         """Recover executions whose worker stopped renewing the lease; returns their ids."""
@@ -264,7 +264,7 @@ class Tracker:
         keys = [k.running, k.records, k.events, k.queue, k.wake]
         args = [now_ms(), self._maxlen, self._keep_ms, k.exec_prefix(), k.lease_prefix()]
         out = await self._call(self._reap, keys, [*args, k.settling])
-        return [_text(i) for i in out]
+        return [text(i) for i in out]
 
     async def fail_outside(
         self,
@@ -306,7 +306,7 @@ class Tracker:
                 "1" if only_if_known else "0",
             ],
         )
-        return _text(out)
+        return text(out)
 
     async def renew(
         self, execution_ids: list[str], worker: str, info: dict[str, int] | None = None
@@ -323,7 +323,7 @@ class Tracker:
         args = [k.lease_prefix(), k.exec_prefix(), worker, now_ms(), self._lease_ms]
         args += [len(fields), *fields, *execution_ids]
         lost = await self._call(self._renew, [k.workers, k.worker_info(worker)], args)
-        return [_text(i) for i in lost]
+        return [text(i) for i in lost]
 
     async def reconcile(
         self, row: Execution, *, sql_status: str, due_ms: int, redis_settled: bool
@@ -381,7 +381,7 @@ class Tracker:
                 *fields,
             ],
         )
-        return _text(out)
+        return text(out)
 
     async def progress(
         self, execution_id: str, worker: str, attempt: int, fraction: float | None,
@@ -400,7 +400,3 @@ class Tracker:
         if not raw or b"id" not in raw:
             return None
         return from_redis(raw)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
